@@ -1,0 +1,58 @@
+# Parley — `make run` runs the stack, `make test` runs the suite. Both install what is missing.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+VENV := .venv
+STAMP := $(VENV)/.synced
+
+.PHONY: help install run test test-unit test-integration test-e2e test-faults lint typecheck check token bench mongod clean
+
+help:
+	@echo "make run     - run history, gateway, worker (and the provider simulator without keys)"
+	@echo "make test    - run the whole test suite against real RabbitMQ, Redis and MongoDB"
+	@echo "make token USER=user-123 - mint a development JWT"
+	@echo "make lint | typecheck | check | bench | clean"
+
+$(UV):
+	$(PYTHON) -m pip install --quiet --user uv || $(PYTHON) -m pip install --quiet uv
+	@test -x "$(UV)" || { echo "uv not found after install"; exit 1; }
+
+$(STAMP): $(UV) uv.lock pyproject.toml libs/common/pyproject.toml services/*/pyproject.toml tools/*/pyproject.toml
+	$(UV) sync --frozen --all-packages
+	@touch $@
+
+install: $(STAMP)
+
+mongod: install
+	@$(UV) run --frozen --no-sync python scripts/ensure_mongod.py
+
+run: install
+	@$(UV) run --frozen --no-sync python scripts/devstack.py
+
+test: install mongod
+	$(UV) run --frozen --no-sync pytest
+
+test-unit: install
+	$(UV) run --frozen --no-sync pytest tests/unit
+
+test-integration: install mongod
+	$(UV) run --frozen --no-sync pytest tests/integration
+
+test-e2e: install mongod
+	$(UV) run --frozen --no-sync pytest tests/e2e
+
+lint: install
+	$(UV) run --frozen --no-sync ruff check .
+	$(UV) run --frozen --no-sync ruff format --check .
+
+typecheck: install
+	$(UV) run --frozen --no-sync mypy
+
+check: lint typecheck test
+
+token: install
+	@$(UV) run --frozen --no-sync python scripts/mint_token.py "$(or $(USER_ID),$(USER))"
+
+clean:
+	rm -rf .run .pytest_cache .mypy_cache .ruff_cache

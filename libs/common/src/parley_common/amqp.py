@@ -1,0 +1,97 @@
+"""RabbitMQ topology, declared idempotently by every service at start-up.
+
+- `chat.jobs` (direct) → quorum queue `chat.jobs.<provider>` per provider, with a
+  delivery limit and at-least-once dead-lettering to `chat.jobs.dlx` → `chat.jobs.dead`.
+- `chat.events` (topic) → quorum queue `history.turn-events` bound to `turn.*`.
+
+Channels are opened with publisher confirms and `on_return_raises`, so a publish
+that no queue takes raises instead of vanishing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+
+from parley_common.topology import Topology
+
+# A job delivered this many times without an ack is dead-lettered (poison job).
+DELIVERY_LIMIT = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Exchanges:
+    jobs: AbstractExchange
+    events: AbstractExchange
+    dead: AbstractExchange
+
+
+async def declare_exchanges(channel: AbstractChannel, topo: Topology) -> Exchanges:
+    jobs = await channel.declare_exchange(
+        topo.jobs_exchange, aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    events = await channel.declare_exchange(
+        topo.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    dead = await channel.declare_exchange(
+        topo.dead_exchange, aio_pika.ExchangeType.FANOUT, durable=True
+    )
+    dead_q = await channel.declare_queue(
+        topo.dead_queue, durable=True, arguments={"x-queue-type": "quorum"}
+    )
+    await dead_q.bind(dead)
+    return Exchanges(jobs=jobs, events=events, dead=dead)
+
+
+async def declare_job_queue(
+    channel: AbstractChannel, topo: Topology, exchanges: Exchanges, provider: str
+) -> AbstractQueue:
+    queue = await channel.declare_queue(
+        topo.jobs_queue(provider),
+        durable=True,
+        arguments={
+            "x-queue-type": "quorum",
+            "x-delivery-limit": DELIVERY_LIMIT,
+            "x-dead-letter-exchange": topo.dead_exchange,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        },
+    )
+    await queue.bind(exchanges.jobs, routing_key=provider)
+    return queue
+
+
+async def declare_job_queues(
+    channel: AbstractChannel, topo: Topology, exchanges: Exchanges, providers: Iterable[str]
+) -> dict[str, AbstractQueue]:
+    return {p: await declare_job_queue(channel, topo, exchanges, p) for p in providers}
+
+
+async def declare_history_queue(
+    channel: AbstractChannel, topo: Topology, exchanges: Exchanges
+) -> AbstractQueue:
+    queue = await channel.declare_queue(
+        topo.history_queue,
+        durable=True,
+        arguments={
+            "x-queue-type": "quorum",
+            "x-delivery-limit": 20,
+            "x-dead-letter-exchange": topo.dead_exchange,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        },
+    )
+    await queue.bind(exchanges.events, routing_key="turn.*")
+    return queue
+
+
+async def open_channel(
+    connection: aio_pika.abc.AbstractRobustConnection, prefetch: int = 0
+) -> AbstractChannel:
+    channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+    if prefetch:
+        await channel.set_qos(prefetch_count=prefetch)
+    return channel

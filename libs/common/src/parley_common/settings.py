@@ -1,0 +1,28 @@
+"""Typed settings shared by every service.
+
+Field names are the environment variable names of CONTRACT.md (matched
+case-insensitively). Precedence: process environment, then a `.env` file in the
+working directory, then the defaults below.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    rabbitmq_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    parley_namespace: str = ""
+    history_url: str = "http://127.0.0.1:8081"
+    # Shared secret that gateway and workers present to history's internal API.
+    history_service_token: SecretStr = SecretStr("")
+    log_format: str = "json"
+    log_level: str = "info"
+    # How long a job's replay log stays in Redis after its last event (seconds).
+    replay_log_ttl: int = Field(default=3600, ge=10)
+    # The longest a job may take from publish to its last token (seconds).
+    job_deadline_seconds: int = Field(default=600, ge=10)

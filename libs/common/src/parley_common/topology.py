@@ -1,0 +1,58 @@
+"""Every exchange, queue, routing key, Redis key and channel name, in one place.
+
+All names carry `PARLEY_NAMESPACE` as a prefix so that several stacks (tests,
+staging) can share one RabbitMQ and one Redis without taking each other's jobs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PROVIDERS: tuple[str, ...] = ("ollama", "groq", "google", "claude", "openai", "openrouter")
+
+# Routing keys on the `chat.events` exchange.
+TURN_COMPLETED = "turn.completed"
+TURN_FAILED = "turn.failed"
+TURN_CANCELLED = "turn.cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    namespace: str = ""
+
+    def _n(self, name: str) -> str:
+        return f"{self.namespace}{name}"
+
+    # RabbitMQ
+    @property
+    def jobs_exchange(self) -> str:
+        return self._n("chat.jobs")
+
+    def jobs_queue(self, provider: str) -> str:
+        return self._n(f"chat.jobs.{provider}")
+
+    @property
+    def dead_exchange(self) -> str:
+        return self._n("chat.jobs.dlx")
+
+    @property
+    def dead_queue(self) -> str:
+        return self._n("chat.jobs.dead")
+
+    @property
+    def events_exchange(self) -> str:
+        return self._n("chat.events")
+
+    @property
+    def history_queue(self) -> str:
+        return self._n("history.turn-events")
+
+    # Redis
+    def job_channel(self, job_id: str) -> str:
+        return self._n(f"chat:job:{job_id}")
+
+    def job_log(self, job_id: str) -> str:
+        return self._n(f"chat:job:{job_id}:log")
+
+    def redis_prefix(self) -> str:
+        return self._n("")

@@ -1,0 +1,193 @@
+"""Job events from Redis for every stream of this gateway process, on one connection.
+
+`EventHub` owns one pub/sub connection. `subscribe(job_id)` returns once Redis
+has confirmed the subscription, so a job published afterwards cannot emit an
+event this process misses. Each subscription has a bounded buffer; when it
+overflows (a slow reader) or the connection is re-established, the subscription
+is marked stale and its reader re-reads the job's replay log from the last
+sequence number it delivered. Events are therefore delivered in order, without
+duplicates and without gaps, while the log lasts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+import structlog
+from parley_common.events import JobEvents
+from parley_common.schemas import EventEnvelope, decode_envelope
+from parley_common.topology import Topology
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from parley_gateway.metrics import STREAM_RESYNCS
+
+log = structlog.get_logger("parley_gateway.events")
+
+SUBSCRIBE_TIMEOUT = 5.0
+
+
+class StreamLost(Exception):
+    """The job's events can no longer be followed (log expired or Redis gone)."""
+
+
+class Subscription:
+    def __init__(self, hub: EventHub, job_id: str, channel: str, maxsize: int) -> None:
+        self.hub = hub
+        self.job_id = job_id
+        self.channel = channel
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=maxsize)
+        self.stale = asyncio.Event()
+        self.confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def offer(self, raw: bytes) -> None:
+        try:
+            self.queue.put_nowait(raw)
+        except asyncio.QueueFull:
+            self.mark_stale()
+
+    def mark_stale(self) -> None:
+        self.stale.set()
+
+    async def events(self, after_seq: int = -1) -> AsyncIterator[EventEnvelope]:
+        """Events with seq > after_seq, in order, ending after `done` or `error`."""
+        last = after_seq
+        # Whatever was published before this subscription existed.
+        for env in await self.hub.replay(self.job_id, last):
+            last = env.seq
+            yield env
+            if env.terminal:
+                return
+        while True:
+            if self.stale.is_set():
+                self.stale.clear()
+                self._drain()
+                STREAM_RESYNCS.inc()
+                for env in await self.hub.replay(self.job_id, last):
+                    last = env.seq
+                    yield env
+                    if env.terminal:
+                        return
+                continue
+            getter = asyncio.ensure_future(self.queue.get())
+            stale = asyncio.ensure_future(self.stale.wait())
+            try:
+                await asyncio.wait({getter, stale}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stale.cancel()
+                if not getter.done():
+                    getter.cancel()
+            if not getter.done() or getter.cancelled():
+                continue
+            env = decode_envelope(getter.result())
+            if env.seq <= last:
+                continue  # already delivered (replayed, or published twice)
+            if env.seq > last + 1:
+                self.mark_stale()  # a gap: fill it from the log
+                continue
+            last = env.seq
+            yield env
+            if env.terminal:
+                return
+
+    def _drain(self) -> None:
+        while not self.queue.empty():
+            self.queue.get_nowait()
+
+
+class EventHub:
+    def __init__(self, redis: aioredis.Redis, topo: Topology, buffer_events: int) -> None:
+        self._redis = redis
+        self._topo = topo
+        self._buffer = buffer_events
+        self._log = JobEvents(redis, topo, ttl_seconds=3600)
+        self._pubsub = redis.pubsub()
+        self._subs: dict[str, set[Subscription]] = defaultdict(set)
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    @property
+    def log(self) -> JobEvents:
+        return self._log
+
+    async def start(self) -> None:
+        await self._pubsub.connect()
+        self._task = asyncio.create_task(self._run(), name="event-hub")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._pubsub.aclose()
+
+    async def replay(self, job_id: str, after_seq: int) -> list[EventEnvelope]:
+        try:
+            return await self._log.replay(job_id, after_seq)
+        except RedisError as exc:
+            raise StreamLost("event store unavailable") from exc
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, job_id: str) -> AsyncIterator[Subscription]:
+        channel = self._topo.job_channel(job_id)
+        sub = Subscription(self, job_id, channel, self._buffer)
+        first = not self._subs[channel]
+        self._subs[channel].add(sub)
+        try:
+            if first:
+                await self._pubsub.subscribe(channel)
+                async with asyncio.timeout(SUBSCRIBE_TIMEOUT):
+                    await sub.confirmed
+            else:
+                sub.confirmed.set_result(None)
+            yield sub
+        finally:
+            subs = self._subs.get(channel)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._subs[channel]
+                    with contextlib.suppress(RedisError, ConnectionError):
+                        await self._pubsub.unsubscribe(channel)
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                msg = await self._pubsub.get_message(timeout=1.0)
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except (RedisConnectionError, OSError, RedisError) as exc:
+                log.warning("events.connection_lost", error_type=type(exc).__name__)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                await self._reconnect()
+                continue
+            if msg is None:
+                continue
+            kind = msg.get("type")
+            channel = msg.get("channel")
+            if isinstance(channel, bytes):
+                channel = channel.decode()
+            if kind == "message":
+                for sub in tuple(self._subs.get(channel, ())):
+                    sub.offer(msg["data"])
+            elif kind == "subscribe":
+                for sub in tuple(self._subs.get(channel, ())):
+                    if not sub.confirmed.done():
+                        sub.confirmed.set_result(None)
+
+    async def _reconnect(self) -> None:
+        try:
+            await self._pubsub.connect()  # re-subscribes every channel
+        except (RedisConnectionError, OSError, RedisError):
+            return
+        # Anything published while we were away is in the replay logs.
+        for subs in self._subs.values():
+            for sub in subs:
+                sub.mark_stale()

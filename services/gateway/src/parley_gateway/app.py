@@ -1,0 +1,84 @@
+"""The gateway application factory: `create_app(settings)`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aio_pika
+import aiohttp
+import redis.asyncio as aioredis
+import structlog
+from aiohttp import web
+from parley_common.http import add_probe_routes
+from parley_common.providers import IMPLEMENTED
+from parley_common.topology import Topology
+
+from parley_gateway.adapters.event_stream import EventHub
+from parley_gateway.adapters.history_client import HistoryClient
+from parley_gateway.adapters.job_publisher import JobPublisher
+from parley_gateway.auth import Authenticator
+from parley_gateway.context import SERVICES, Services
+from parley_gateway.handlers import chat
+from parley_gateway.middlewares import request_context
+from parley_gateway.settings import GatewaySettings
+
+log = structlog.get_logger("parley_gateway.app")
+
+SETTINGS = web.AppKey("settings", GatewaySettings)
+
+
+async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    topo = Topology(settings.parley_namespace)
+    session = aiohttp.ClientSession()
+    redis = aioredis.from_url(settings.redis_url.get_secret_value())
+    connection = await aio_pika.connect_robust(settings.rabbitmq_url.get_secret_value())
+    try:
+        publisher = JobPublisher(connection, topo)
+        await publisher.start(list(IMPLEMENTED))
+        hub = EventHub(redis, topo, settings.stream_buffer_events)
+        await hub.start()
+        app[SERVICES] = Services(
+            settings=settings,
+            auth=Authenticator(settings),
+            history=HistoryClient(
+                session,
+                settings.history_url,
+                settings.history_service_token.get_secret_value(),
+                settings.history_timeout,
+            ),
+            publisher=publisher,
+            hub=hub,
+        )
+        log.info("gateway.ready", providers=settings.available_providers())
+        yield
+        await hub.stop()
+    finally:
+        await connection.close()
+        await redis.aclose()
+        await session.close()
+
+
+def create_app(settings: GatewaySettings) -> web.Application:
+    app = web.Application(middlewares=[request_context], client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_services_ctx)
+    app.router.add_post("/api/chat", chat.chat)
+    app.router.add_post("/api/chat/stream", chat.chat)
+
+    async def redis_ready() -> object:
+        return await app[SERVICES].hub.log._redis.ping()
+
+    async def amqp_ready() -> object:
+        if app[SERVICES].publisher.connection.is_closed:
+            raise ConnectionError("amqp closed")
+        return True
+
+    async def history_ready() -> object:
+        svc = app[SERVICES]
+        async with aiohttp.ClientSession() as s, s.get(f"{svc.settings.history_url}/healthz") as r:
+            r.raise_for_status()
+        return True
+
+    add_probe_routes(app, {"redis": redis_ready, "rabbitmq": amqp_ready, "history": history_ready})
+    return app

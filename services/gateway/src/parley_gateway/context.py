@@ -1,0 +1,29 @@
+"""The gateway's long-lived collaborators, built once per app and reached by AppKey."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from parley_gateway.adapters.event_stream import EventHub
+from parley_gateway.adapters.history_client import HistoryClient
+from parley_gateway.adapters.job_publisher import JobPublisher
+from parley_gateway.auth import Authenticator
+from parley_gateway.settings import GatewaySettings
+
+
+@dataclass(slots=True)
+class Services:
+    settings: GatewaySettings
+    auth: Authenticator
+    history: HistoryClient
+    publisher: JobPublisher
+    hub: EventHub
+
+
+SERVICES = web.AppKey("services", Services)
+
+
+def services(request: web.Request) -> Services:
+    return request.app[SERVICES]

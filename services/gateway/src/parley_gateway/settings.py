@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from parley_common.providers import ProviderSettings
+from pydantic import Field, SecretStr
+
+
+class GatewaySettings(ProviderSettings):
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8080
+    auth_jwt_secret: SecretStr | None = None
+    auth_jwks_url: str | None = None
+    auth_audience: str | None = None
+    auth_issuer: str | None = None
+    # Seconds of clock skew tolerated on exp/nbf/iat.
+    auth_leeway: int = Field(default=30, ge=0, le=300)
+    # Largest request body accepted, in bytes (a 5 MiB image is ~6.7 MiB as base64).
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_text_chars: int = Field(default=32_000, ge=1)
+    # Events buffered per stream before a slow reader is resynchronised from the log.
+    stream_buffer_events: int = Field(default=1024, ge=16)
+    sse_ping_seconds: float = Field(default=15.0, gt=0, le=15.0)
+    # A client whose socket accepts nothing for this long is cut off (stream stays resumable).
+    sse_send_timeout: float = Field(default=30.0, gt=0)
+    history_timeout: float = Field(default=10.0, gt=0)
+    cancel_on_disconnect: bool = False

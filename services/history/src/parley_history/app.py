@@ -1,0 +1,178 @@
+"""History's internal HTTP API (called by the gateway, never by clients) and its wiring."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aio_pika
+import redis.asyncio as aioredis
+import structlog
+from aiohttp import web
+from parley_common.amqp import declare_exchanges, declare_history_queue, open_channel
+from parley_common.events import JobEvents
+from parley_common.http import add_probe_routes
+from parley_common.schemas import ImageRef
+from parley_common.topology import Topology
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pymongo.uri_parser import parse_uri
+
+from parley_history.consumer import TurnConsumer
+from parley_history.errors import BadRequest, HistoryError
+from parley_history.metrics import TURNS_BEGUN
+from parley_history.settings import HistorySettings
+from parley_history.store import Store, open_client
+
+log = structlog.get_logger("parley_history.app")
+
+SETTINGS = web.AppKey("settings", HistorySettings)
+STORE = web.AppKey("store", Store)
+
+USER_HEADER = "X-Parley-User"
+REQUEST_ID_HEADER = "X-Request-ID"
+
+
+class BeginTurn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    conversation_id: str | None = None
+    channel: str = "web"
+    text: str
+    provider: str
+    job_id: str
+    image: ImageRef | None = None
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(
+        request_id=request.headers.get(REQUEST_ID_HEADER, ""),
+    )
+    try:
+        return await handler(request)
+    except HistoryError as exc:
+        return web.json_response({"error": exc.message, "code": exc.code}, status=exc.status)
+
+
+def _service_auth(settings: HistorySettings) -> Callable[[web.Request], None]:
+    token = settings.history_service_token.get_secret_value()
+
+    def check(request: web.Request) -> None:
+        if not token:
+            return
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise web.HTTPUnauthorized(
+                text='{"error": "service credential required"}', content_type="application/json"
+            )
+
+    return check
+
+
+def user_of(request: web.Request) -> str:
+    user = request.headers.get(USER_HEADER, "")
+    if not user:
+        raise BadRequest(f"{USER_HEADER} header is required")
+    return user
+
+
+async def begin_turn(request: web.Request) -> web.Response:
+    request.app[AUTH_CHECK](request)
+    user = user_of(request)
+    try:
+        body = BeginTurn.model_validate_json(await request.read())
+    except ValidationError as exc:
+        raise BadRequest(f"invalid begin-turn body: {exc.errors()[0]['loc']}") from exc
+    structlog.contextvars.bind_contextvars(job_id=body.job_id)
+    turn = await request.app[STORE].begin_turn(
+        user_id=user,
+        conversation_id=body.conversation_id,
+        channel=body.channel,
+        text=body.text,
+        image=body.image,
+        provider=body.provider,
+        job_id=body.job_id,
+    )
+    TURNS_BEGUN.inc()
+    log.info(
+        "turn.begun",
+        conversation_id=turn.conversation_id,
+        created=turn.created,
+        context_messages=len(turn.context),
+    )
+    return web.json_response(
+        {
+            "conversation_id": turn.conversation_id,
+            "user_message_id": turn.user_message_id,
+            "created": turn.created,
+            "messages": [m.model_dump(mode="json") for m in turn.context],
+        },
+        status=201 if turn.created else 200,
+    )
+
+
+AUTH_CHECK = web.AppKey("auth_check", Callable[[web.Request], None])
+
+
+def _database_name(settings: HistorySettings) -> str:
+    parsed = parse_uri(settings.mongodb_url.get_secret_value())
+    return parsed.get("database") or settings.mongodb_database
+
+
+async def _mongo_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    client = open_client(settings.mongodb_url.get_secret_value())
+    store = Store(client[_database_name(settings)], settings.history_context_messages)
+    await store.ensure_indexes()
+    app[STORE] = store
+    yield
+    await client.close()
+
+
+async def _consumer_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    topo = Topology(settings.parley_namespace)
+    redis = aioredis.from_url(settings.redis_url.get_secret_value())
+    connection = await aio_pika.connect_robust(settings.rabbitmq_url.get_secret_value())
+    channel = await open_channel(connection, prefetch=settings.history_prefetch)
+    exchanges = await declare_exchanges(channel, topo)
+    queue = await declare_history_queue(channel, topo, exchanges)
+    consumer = TurnConsumer(app[STORE], JobEvents(redis, topo, settings.replay_log_ttl))
+    tag = await queue.consume(consumer.on_message)
+    app[_PINGS] = (redis, connection)
+    log.info("history.consuming", queue=queue.name)
+    yield
+    await queue.cancel(tag)
+    await connection.close()
+    await redis.aclose()
+
+
+_PINGS = web.AppKey("pings", tuple)
+
+
+def create_app(settings: HistorySettings) -> web.Application:
+    app = web.Application(middlewares=[context_middleware], client_max_size=16 * 1024 * 1024)
+    app[SETTINGS] = settings
+    app[AUTH_CHECK] = _service_auth(settings)
+    app.cleanup_ctx.append(_mongo_ctx)
+    app.cleanup_ctx.append(_consumer_ctx)
+    app.router.add_post("/internal/v1/turns", begin_turn)
+
+    async def mongo_ready() -> object:
+        return await app[STORE].db.command("ping")
+
+    async def redis_ready() -> object:
+        redis, _ = app[_PINGS]
+        return await redis.ping()
+
+    async def amqp_ready() -> object:
+        _, connection = app[_PINGS]
+        if connection.is_closed:
+            raise ConnectionError("amqp closed")
+        return True
+
+    add_probe_routes(app, {"mongodb": mongo_ready, "redis": redis_ready, "rabbitmq": amqp_ready})
+    return app

@@ -1,0 +1,27 @@
+"""History's domain errors; each carries its HTTP status and a stable code."""
+
+from __future__ import annotations
+
+
+class HistoryError(Exception):
+    status = 500
+    code = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(HistoryError):
+    status = 400
+    code = "bad_request"
+
+
+class Forbidden(HistoryError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(HistoryError):
+    status = 404
+    code = "not_found"

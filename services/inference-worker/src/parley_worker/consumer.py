@@ -1,0 +1,171 @@
+"""Consumes chat jobs, one queue per provider, and publishes each turn's result.
+
+A job is acked only after its `TurnResult` is confirmed by the broker, so a
+worker that dies mid-turn leaves the job to be redelivered. A job that cannot be
+parsed is rejected without requeue and goes to the dead-letter queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from contextlib import AsyncExitStack
+
+import aio_pika
+import httpx
+import redis.asyncio as aioredis
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from parley_common.amqp import Exchanges, declare_exchanges, declare_job_queue, open_channel
+from parley_common.events import JobEvents
+from parley_common.schemas import ChatJob, TurnResult, TurnStatus
+from parley_common.schemas.jobs import TURN_TYPE
+from parley_common.topology import TURN_CANCELLED, TURN_COMPLETED, TURN_FAILED, Topology
+from pydantic import ValidationError
+
+from parley_worker.metrics import IN_FLIGHT
+from parley_worker.providers.base import Provider
+from parley_worker.providers.registry import build_provider
+from parley_worker.settings import WorkerSettings
+from parley_worker.turn import TurnRunner
+
+log = structlog.get_logger("parley_worker.consumer")
+
+_ROUTING = {
+    TurnStatus.complete: TURN_COMPLETED,
+    TurnStatus.error: TURN_FAILED,
+    TurnStatus.cancelled: TURN_CANCELLED,
+}
+
+
+class Worker:
+    """Owns the broker, Redis and provider clients of one worker process."""
+
+    def __init__(self, settings: WorkerSettings, providers: list[str]) -> None:
+        self.settings = settings
+        self.provider_names = providers
+        self.topo = Topology(settings.parley_namespace)
+        self._stack = AsyncExitStack()
+        self._providers: dict[str, Provider] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._consumers: list[tuple[aio_pika.abc.AbstractQueue, str]] = []
+        self.connection: AbstractRobustConnection | None = None
+        self.redis: aioredis.Redis | None = None
+        self._exchanges: Exchanges | None = None
+        self._channel: AbstractChannel | None = None
+        self._runner: TurnRunner | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        timeout = httpx.Timeout(
+            connect=s.provider_connect_timeout,
+            read=s.provider_idle_timeout,
+            write=30.0,
+            pool=s.provider_connect_timeout,
+        )
+        for name in self.provider_names:
+            provider = build_provider(s, name, timeout)
+            self._providers[name] = provider
+            self._stack.push_async_callback(provider.aclose)
+        self.redis = aioredis.from_url(s.redis_url.get_secret_value())
+        self._stack.push_async_callback(self.redis.aclose)
+        events = JobEvents(self.redis, self.topo, s.replay_log_ttl)
+        self._runner = TurnRunner(events, s.max_generation_seconds)
+        self.connection = await aio_pika.connect_robust(s.rabbitmq_url.get_secret_value())
+        self._stack.push_async_callback(self.connection.close)
+        # Results are published on their own channel so that a slow publish
+        # confirm never holds up deliveries.
+        publish_channel = await open_channel(self.connection)
+        self._exchanges = await declare_exchanges(publish_channel, self.topo)
+        for name in self.provider_names:
+            channel = await open_channel(self.connection, prefetch=s.worker_concurrency)
+            exchanges = await declare_exchanges(channel, self.topo)
+            queue = await declare_job_queue(channel, self.topo, exchanges, name)
+            tag = await queue.consume(self._make_handler(name))
+            self._consumers.append((queue, tag))
+            log.info("worker.consuming", queue=queue.name, concurrency=s.worker_concurrency)
+
+    async def stop(self) -> None:
+        """Stop taking jobs, let running turns finish (bounded), close everything."""
+        for queue, tag in self._consumers:
+            with contextlib.suppress(Exception):
+                await queue.cancel(tag)
+        self._consumers.clear()
+        if self._tasks:
+            log.info("worker.draining", running=len(self._tasks))
+            _, pending = await asyncio.wait(
+                self._tasks, timeout=self.settings.shutdown_grace_seconds
+            )
+            for task in pending:
+                task.cancel()
+        await self._stack.aclose()
+
+    def _make_handler(self, provider_name: str):  # type: ignore[no-untyped-def]
+        async def handler(message: AbstractIncomingMessage) -> None:
+            task = asyncio.current_task()
+            if task is not None:
+                self._tasks.add(task)
+            try:
+                await self._handle(provider_name, message)
+            finally:
+                if task is not None:
+                    self._tasks.discard(task)
+
+        return handler
+
+    async def _handle(self, provider_name: str, message: AbstractIncomingMessage) -> None:
+        structlog.contextvars.clear_contextvars()
+        headers = message.headers or {}
+        structlog.contextvars.bind_contextvars(
+            request_id=str(headers.get("request_id", "")),
+            job_id=message.message_id,
+            provider=provider_name,
+        )
+        try:
+            job = ChatJob.model_validate_json(message.body)
+        except ValidationError as exc:
+            log.error("job.invalid", errors=exc.error_count())
+            await message.reject(requeue=False)
+            return
+        assert self._runner is not None
+        provider = self._providers[provider_name]
+        log.info("job.started", redelivered=message.redelivered, messages=len(job.messages))
+        IN_FLIGHT.labels(provider=provider_name).inc()
+        try:
+            if time.time() > job.deadline:
+                result = await self._runner.expired(job, provider_name)
+            else:
+                result = await self._runner.run(job, provider)
+            await self._publish_result(result)
+        except Exception:
+            # The result could not be confirmed: leave the job to be redelivered.
+            log.exception("job.result_unpublished")
+            await message.nack(requeue=True)
+            return
+        finally:
+            IN_FLIGHT.labels(provider=provider_name).dec()
+        await message.ack()
+        log.info(
+            "job.finished",
+            status=result.status.value,
+            chunks=result.last_seq,
+            reply_chars=len(result.reply),
+            model=result.model,
+            error_code=result.error_code,
+        )
+
+    async def _publish_result(self, result: TurnResult) -> None:
+        assert self._exchanges is not None
+        await self._exchanges.events.publish(
+            aio_pika.Message(
+                body=result.model_dump_json().encode(),
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=result.job_id,
+                type=TURN_TYPE,
+                headers={"request_id": result.request_id, "schema_version": result.v},
+            ),
+            routing_key=_ROUTING[result.status],
+            mandatory=True,
+        )

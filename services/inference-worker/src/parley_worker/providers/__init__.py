@@ -1,0 +1,1 @@
+"""One module per provider protocol; each maps its SDK's errors to `ProviderError`."""

@@ -1,0 +1,63 @@
+"""The `openai` SDK's exceptions as `ProviderError` (shared by Chat Completions and Responses)."""
+
+from __future__ import annotations
+
+import openai
+
+from parley_worker.providers.base import ProviderError
+
+
+def _retry_after(headers: object) -> float | None:
+    get = getattr(headers, "get", None)
+    if get is None:
+        return None
+    value = get("retry-after")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def map_openai_error(provider: str, exc: Exception) -> ProviderError:
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        detail = _error_message(exc)
+        if status == 429:
+            code = "rate_limited"
+        elif status in (401, 403):
+            code = "auth_failed"
+        elif status >= 500:
+            code = "provider_unavailable"
+        else:
+            code = "provider_rejected"
+        return ProviderError(
+            f"{provider} returned HTTP {status}: {detail}",
+            code=code,
+            retryable=status == 429 or status >= 500,
+            status=status,
+            retry_after=_retry_after(exc.response.headers),
+        )
+    if isinstance(exc, openai.APITimeoutError):
+        return ProviderError(f"{provider} timed out", code="provider_timeout", retryable=True)
+    if isinstance(exc, openai.APIConnectionError):
+        return ProviderError(
+            f"{provider} connection failed: {type(exc.__cause__ or exc).__name__}",
+            code="provider_unreachable",
+            retryable=True,
+        )
+    if isinstance(exc, openai.APIError):
+        return ProviderError(
+            f"{provider} stream failed: {exc.message}", code="provider_error", retryable=False
+        )
+    return ProviderError(
+        f"{provider} stream failed: {type(exc).__name__}", code="provider_error", retryable=False
+    )
+
+
+def _error_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            return str(inner["message"])[:300]
+    return exc.message[:300]

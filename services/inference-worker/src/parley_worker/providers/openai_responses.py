@@ -1,0 +1,112 @@
+"""OpenAI through the `openai` SDK's Responses API, streaming."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import openai
+from openai import AsyncOpenAI
+from parley_common.providers import ProviderConfig
+from parley_common.schemas import ContextMessage, Usage
+
+from parley_worker.providers.base import (
+    Chunk,
+    Finish,
+    ProviderError,
+    ProviderRequest,
+    ReasoningDelta,
+    TextDelta,
+)
+from parley_worker.providers.openai_errors import map_openai_error
+
+
+def response_input(messages: list[ContextMessage]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        if m.role == "assistant":
+            out.append(
+                {"role": "assistant", "content": [{"type": "output_text", "text": m.content}]}
+            )
+            continue
+        parts: list[dict[str, Any]] = [{"type": "input_text", "text": m.content}]
+        if m.image is not None:
+            parts.append(
+                {
+                    "type": "input_image",
+                    "image_url": f"data:{m.image.mime};base64,{m.image.data_base64}",
+                }
+            )
+        out.append({"role": m.role, "content": parts})
+    return out
+
+
+class OpenAIResponsesProvider:
+    def __init__(self, config: ProviderConfig, timeout: httpx.Timeout) -> None:
+        assert config.api_key is not None
+        self.name = config.name
+        self.model = config.model
+        self._client = AsyncOpenAI(
+            api_key=config.api_key.get_secret_value(),
+            base_url=config.base_url,
+            max_retries=0,
+            timeout=timeout,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    async def stream(self, request: ProviderRequest) -> AsyncIterator[Chunk]:
+        finish: Finish | None = None
+        try:
+            stream = await self._client.responses.create(
+                model=self.model,
+                instructions=request.system,
+                input=response_input(request.messages),  # type: ignore[arg-type]  # SDK TypedDicts
+                stream=True,
+                store=False,
+            )
+            async with stream:
+                async for event in stream:
+                    match event.type:
+                        case "response.output_text.delta":
+                            yield TextDelta(event.delta)
+                        case "response.reasoning_summary_text.delta":
+                            yield ReasoningDelta(event.delta)
+                        case "response.completed" | "response.incomplete":
+                            resp = event.response
+                            usage = Usage()
+                            if resp.usage is not None:
+                                usage = Usage(
+                                    input_tokens=resp.usage.input_tokens,
+                                    output_tokens=resp.usage.output_tokens,
+                                )
+                            finish = Finish(model=resp.model or self.model, usage=usage)
+                        case "response.failed":
+                            err = event.response.error
+                            raise ProviderError(
+                                f"{self.name} response failed: "
+                                f"{err.message if err else 'unknown error'}",
+                                code="provider_error",
+                                retryable=False,
+                            )
+                        case "error":
+                            raise ProviderError(
+                                f"{self.name} stream error: {event.message}",
+                                code="provider_error",
+                                retryable=False,
+                            )
+                        case _:
+                            pass
+        except ProviderError:
+            raise
+        except (openai.OpenAIError, httpx.HTTPError) as exc:
+            raise map_openai_error(self.name, exc) from exc
+        if finish is None:
+            raise ProviderError(
+                f"{self.name} stream ended before the reply was finished",
+                code="provider_stream_truncated",
+                retryable=True,
+            )
+        yield finish
