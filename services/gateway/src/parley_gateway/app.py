@@ -18,7 +18,7 @@ from parley_gateway.adapters.history_client import HistoryClient
 from parley_gateway.adapters.job_publisher import JobPublisher
 from parley_gateway.auth import Authenticator
 from parley_gateway.context import SERVICES, Services
-from parley_gateway.handlers import chat
+from parley_gateway.handlers import chat, conversations
 from parley_gateway.middlewares import request_context
 from parley_gateway.settings import GatewaySettings
 
@@ -65,6 +65,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.cleanup_ctx.append(_services_ctx)
     app.router.add_post("/api/chat", chat.chat)
     app.router.add_post("/api/chat/stream", chat.chat)
+    conversations.add_routes(app)
 
     async def redis_ready() -> object:
         return await app[SERVICES].hub.log._redis.ping()
