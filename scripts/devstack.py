@@ -100,8 +100,11 @@ def main() -> None:
                 ]
             )
         history = start("-m", "parley_history")
-        wait_http(f"http://{env.get('HISTORY_HOST', '127.0.0.1')}:"
-                  f"{env.get('HISTORY_PORT', '8081')}/healthz", history)
+        wait_http(
+            f"http://{env.get('HISTORY_HOST', '127.0.0.1')}:"
+            f"{env.get('HISTORY_PORT', '8081')}/healthz",
+            history,
+        )
         start("-m", "parley_worker")
         gateway = start("-m", "parley_gateway")
         host, port = env.get("GATEWAY_HOST", "127.0.0.1"), env.get("GATEWAY_PORT", "8080")

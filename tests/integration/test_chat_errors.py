@@ -132,7 +132,10 @@ async def test_provider_http_error_ends_in_error_event_and_is_saved(
     assert err["type"] == "error" and err["code"] == code and status_text in err["error"]
     assert err["provider"] == "groq" and err["conversation_id"]
     docs = await stack.messages_in_db(err["conversation_id"])
-    assert [(d["role"], d["status"]) for d in docs] == [("user", "complete"), ("assistant", "error")]
+    assert [(d["role"], d["status"]) for d in docs] == [
+        ("user", "complete"),
+        ("assistant", "error"),
+    ]
 
 
 async def test_provider_error_is_502_for_json_requests(stack: Stack):

@@ -57,8 +57,11 @@ async def test_streaming_is_negotiated_by_path_body_or_accept(
 ):
     headers = {"Accept": accept} if accept else {}
     res = await stack.chat(
-        "user-neg", {"text": "x", "provider": "groq", **body_extra}, stream=False,
-        headers=headers, path=path,
+        "user-neg",
+        {"text": "x", "provider": "groq", **body_extra},
+        stream=False,
+        headers=headers,
+        path=path,
     )
     assert res.headers["Content-Type"].startswith("text/event-stream")
     assert res.events[-1].event == "done"
@@ -98,7 +101,9 @@ async def test_continued_conversation_sends_earlier_turns_to_provider(stack: Sta
 
 async def test_client_may_name_new_conversation_in_own_namespace(stack: Stack):
     conv = "user-named:web:conv-mine-1"
-    res = await stack.chat("user-named", {"text": "hi", "conversation_id": conv, "provider": "groq"})
+    res = await stack.chat(
+        "user-named", {"text": "hi", "conversation_id": conv, "provider": "groq"}
+    )
     assert res.last.event == "done" and res.last.data["conversation_id"] == conv
 
 

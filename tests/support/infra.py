@@ -27,9 +27,12 @@ def docker_available() -> bool:
     if os.environ.get("PARLEY_TEST_NO_DOCKER") or shutil.which("docker") is None:
         return False
     try:
-        return subprocess.run(  # noqa: S603
-            ["docker", "info"], capture_output=True, timeout=10, check=False  # noqa: S607
-        ).returncode == 0
+        return (
+            subprocess.run(
+                ["docker", "info"], capture_output=True, timeout=10, check=False
+            ).returncode
+            == 0
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -40,9 +43,9 @@ def provide_infra() -> Iterator[Infra]:
         yield Infra(
             rabbitmq_url=os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/"),
             redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
-            mongodb_url=os.environ.get("MONGODB_URL", "mongodb://127.0.0.1:27017/").rsplit(
-                "/", 1
-            )[0]
+            mongodb_url=os.environ.get("MONGODB_URL", "mongodb://127.0.0.1:27017/").rsplit("/", 1)[
+                0
+            ]
             + "/",
             source="local servers",
         )

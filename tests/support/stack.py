@@ -16,8 +16,6 @@ import aiohttp
 import jwt
 import redis.asyncio as aioredis
 from aiohttp import web
-from pymongo import AsyncMongoClient
-
 from parley_common.providers import IMPLEMENTED
 from parley_common.topology import Topology
 from parley_gateway.app import create_app as create_gateway
@@ -29,6 +27,8 @@ from parley_sim.server import SimState
 from parley_sim.server import create_app as create_sim
 from parley_worker.consumer import Worker
 from parley_worker.settings import WorkerSettings
+from pymongo import AsyncMongoClient
+
 from tests.support.infra import Infra
 from tests.support.sse import SseEvent, parse_sse
 
@@ -178,8 +178,10 @@ async def purge_namespace(infra: Infra, namespace: str) -> None:
     connection = await aio_pika.connect(infra.rabbitmq_url)
     try:
         channel = await connection.channel()
-        queues = [topo.jobs_queue(p) for p in ("ollama", "groq", "google", "claude", "openai",
-                                               "openrouter")]
+        queues = [
+            topo.jobs_queue(p)
+            for p in ("ollama", "groq", "google", "claude", "openai", "openrouter")
+        ]
         for q in [*queues, topo.dead_queue, topo.history_queue]:
             await channel.queue_delete(q)
         for ex in (topo.jobs_exchange, topo.events_exchange, topo.dead_exchange):

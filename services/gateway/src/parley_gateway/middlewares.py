@@ -42,9 +42,9 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         status = err.status
         response = error_response(err)
     except web.HTTPRequestEntityTooLarge:
-        err = PayloadTooLarge("body: request body too large")
-        status = err.status
-        response = error_response(err)
+        too_large = PayloadTooLarge("body: request body too large")
+        status = too_large.status
+        response = error_response(too_large)
     except web.HTTPException as exc:
         status = exc.status
         response = web.json_response(

@@ -57,19 +57,21 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
         return web.json_response({"error": exc.message, "code": exc.code}, status=exc.status)
 
 
-def _service_auth(settings: HistorySettings) -> Callable[[web.Request], None]:
-    token = settings.history_service_token.get_secret_value()
+class ServiceAuth:
+    """Checks the service credential gateway and workers present (when one is configured)."""
 
-    def check(request: web.Request) -> None:
-        if not token:
+    def __init__(self, settings: HistorySettings) -> None:
+        self._token = settings.history_service_token.get_secret_value()
+
+    def __call__(self, request: web.Request) -> None:
+        if not self._token:
             return
         given = request.headers.get("Authorization", "").removeprefix("Bearer ")
-        if not hmac.compare_digest(given.encode(), token.encode()):
+        if not hmac.compare_digest(given.encode(), self._token.encode()):
             raise web.HTTPUnauthorized(
-                text='{"error": "service credential required"}', content_type="application/json"
+                text='{"error": "service credential required", "code": "unauthorized"}',
+                content_type="application/json",
             )
-
-    return check
 
 
 def user_of(request: web.Request) -> str:
@@ -114,7 +116,7 @@ async def begin_turn(request: web.Request) -> web.Response:
     )
 
 
-AUTH_CHECK = web.AppKey("auth_check", Callable[[web.Request], None])
+AUTH_CHECK = web.AppKey("auth_check", ServiceAuth)
 
 
 def _database_name(settings: HistorySettings) -> str:
@@ -156,7 +158,7 @@ _PINGS = web.AppKey("pings", tuple)
 def create_app(settings: HistorySettings) -> web.Application:
     app = web.Application(middlewares=[context_middleware], client_max_size=16 * 1024 * 1024)
     app[SETTINGS] = settings
-    app[AUTH_CHECK] = _service_auth(settings)
+    app[AUTH_CHECK] = ServiceAuth(settings)
     app.cleanup_ctx.append(_mongo_ctx)
     app.cleanup_ctx.append(_consumer_ctx)
     app.router.add_post("/internal/v1/turns", begin_turn)

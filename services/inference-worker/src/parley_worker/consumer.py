@@ -13,7 +13,6 @@ import time
 from contextlib import AsyncExitStack
 
 import aio_pika
-import httpx
 import redis.asyncio as aioredis
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
@@ -25,7 +24,7 @@ from parley_common.topology import TURN_CANCELLED, TURN_COMPLETED, TURN_FAILED, 
 from pydantic import ValidationError
 
 from parley_worker.metrics import IN_FLIGHT
-from parley_worker.providers.base import Provider
+from parley_worker.providers.base import Provider, Timeouts
 from parley_worker.providers.registry import build_provider
 from parley_worker.settings import WorkerSettings
 from parley_worker.turn import TurnRunner
@@ -58,14 +57,9 @@ class Worker:
 
     async def start(self) -> None:
         s = self.settings
-        timeout = httpx.Timeout(
-            connect=s.provider_connect_timeout,
-            read=s.provider_idle_timeout,
-            write=30.0,
-            pool=s.provider_connect_timeout,
-        )
+        timeouts = Timeouts(connect=s.provider_connect_timeout, idle=s.provider_idle_timeout)
         for name in self.provider_names:
-            provider = build_provider(s, name, timeout)
+            provider = build_provider(s, name, timeouts)
             self._providers[name] = provider
             self._stack.push_async_callback(provider.aclose)
         self.redis = aioredis.from_url(s.redis_url.get_secret_value())

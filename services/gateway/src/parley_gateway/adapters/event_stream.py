@@ -115,7 +115,7 @@ class EventHub:
         return self._log
 
     async def start(self) -> None:
-        await self._pubsub.connect()
+        await self._pubsub.connect()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
         self._task = asyncio.create_task(self._run(), name="event-hub")
 
     async def stop(self) -> None:
@@ -123,7 +123,7 @@ class EventHub:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self._pubsub.aclose()
+        await self._pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
 
     async def replay(self, job_id: str, after_seq: int) -> list[EventEnvelope]:
         try:
@@ -184,7 +184,7 @@ class EventHub:
 
     async def _reconnect(self) -> None:
         try:
-            await self._pubsub.connect()  # re-subscribes every channel
+            await self._pubsub.connect()  # type: ignore[no-untyped-call]  # re-subscribes every channel
         except (RedisConnectionError, OSError, RedisError):
             return
         # Anything published while we were away is in the replay logs.

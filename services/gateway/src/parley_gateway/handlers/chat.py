@@ -75,7 +75,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         user_id=user_id,
         conversation_id=turn.conversation_id,
         provider=provider,
-        mood=req.mood,  # type: ignore[arg-type]  # validated against MOODS
+        mood=req.mood,
         web=req.web,
         messages=turn.context,
         user_message_id=turn.user_message_id,

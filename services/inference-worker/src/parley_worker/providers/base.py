@@ -15,6 +15,14 @@ from parley_common.schemas import ContextMessage, Usage
 
 
 @dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds allowed to connect, and between two chunks of a stream."""
+
+    connect: float = 10.0
+    idle: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
 class ProviderRequest:
     system: str
     messages: list[ContextMessage]

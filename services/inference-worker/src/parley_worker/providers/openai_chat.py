@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import httpx2
 import openai
 from openai import AsyncOpenAI
 from parley_common.providers import ProviderConfig
@@ -18,8 +18,9 @@ from parley_worker.providers.base import (
     ProviderRequest,
     ReasoningDelta,
     TextDelta,
+    Timeouts,
 )
-from parley_worker.providers.openai_errors import map_openai_error
+from parley_worker.providers.openai_errors import map_openai_error, openai_timeout
 
 
 def chat_messages(request: ProviderRequest) -> list[dict[str, Any]]:
@@ -45,7 +46,7 @@ def _message(m: ContextMessage) -> dict[str, Any]:
 
 
 class OpenAIChatProvider:
-    def __init__(self, config: ProviderConfig, timeout: httpx.Timeout) -> None:
+    def __init__(self, config: ProviderConfig, timeouts: Timeouts) -> None:
         assert config.api_key is not None
         self.name = config.name
         self.model = config.model
@@ -54,7 +55,7 @@ class OpenAIChatProvider:
             api_key=config.api_key.get_secret_value(),
             base_url=config.base_url,
             max_retries=0,
-            timeout=timeout,
+            timeout=openai_timeout(timeouts),
         )
 
     async def aclose(self) -> None:
@@ -65,9 +66,9 @@ class OpenAIChatProvider:
         model: str | None = None
         finished = False
         try:
-            stream = await self._client.chat.completions.create(
+            stream = await self._client.chat.completions.create(  # type: ignore[call-overload]  # messages are plain dicts, not the SDK's TypedDicts
                 model=self.model,
-                messages=chat_messages(request),  # type: ignore[arg-type]  # SDK TypedDicts
+                messages=chat_messages(request),
                 stream=True,
                 stream_options={"include_usage": True},
             )
@@ -90,7 +91,7 @@ class OpenAIChatProvider:
                             yield TextDelta(delta.content)
         except ProviderError:
             raise
-        except (openai.OpenAIError, httpx.HTTPError) as exc:
+        except (openai.OpenAIError, httpx2.HTTPError) as exc:
             raise map_openai_error(self.name, exc) from exc
         if not finished:
             raise ProviderError(

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import httpx2
 import openai
 
-from parley_worker.providers.base import ProviderError
+from parley_worker.providers.base import ProviderError, Timeouts
 
 
 def _retry_after(headers: object) -> float | None:
@@ -16,6 +17,10 @@ def _retry_after(headers: object) -> float | None:
         return float(value) if value is not None else None
     except ValueError:
         return None
+
+
+def openai_timeout(timeouts: Timeouts) -> openai.Timeout:
+    return openai.Timeout(timeouts.idle, connect=timeouts.connect)
 
 
 def map_openai_error(provider: str, exc: Exception) -> ProviderError:
@@ -42,6 +47,14 @@ def map_openai_error(provider: str, exc: Exception) -> ProviderError:
     if isinstance(exc, openai.APIConnectionError):
         return ProviderError(
             f"{provider} connection failed: {type(exc.__cause__ or exc).__name__}",
+            code="provider_unreachable",
+            retryable=True,
+        )
+    if isinstance(exc, httpx2.TimeoutException):
+        return ProviderError(f"{provider} timed out", code="provider_timeout", retryable=True)
+    if isinstance(exc, httpx2.HTTPError):
+        return ProviderError(
+            f"{provider} connection broke: {type(exc).__name__}",
             code="provider_unreachable",
             retryable=True,
         )

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
-import httpx
+import httpx2
 import openai
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, AsyncStream
+from openai.types.responses import (
+    ResponseCompletedEvent,
+    ResponseErrorEvent,
+    ResponseFailedEvent,
+    ResponseIncompleteEvent,
+    ResponseReasoningSummaryTextDeltaEvent,
+    ResponseStreamEvent,
+    ResponseTextDeltaEvent,
+)
 from parley_common.providers import ProviderConfig
 from parley_common.schemas import ContextMessage, Usage
 
@@ -18,8 +27,9 @@ from parley_worker.providers.base import (
     ProviderRequest,
     ReasoningDelta,
     TextDelta,
+    Timeouts,
 )
-from parley_worker.providers.openai_errors import map_openai_error
+from parley_worker.providers.openai_errors import map_openai_error, openai_timeout
 
 
 def response_input(messages: list[ContextMessage]) -> list[dict[str, Any]]:
@@ -43,7 +53,7 @@ def response_input(messages: list[ContextMessage]) -> list[dict[str, Any]]:
 
 
 class OpenAIResponsesProvider:
-    def __init__(self, config: ProviderConfig, timeout: httpx.Timeout) -> None:
+    def __init__(self, config: ProviderConfig, timeouts: Timeouts) -> None:
         assert config.api_key is not None
         self.name = config.name
         self.model = config.model
@@ -51,7 +61,7 @@ class OpenAIResponsesProvider:
             api_key=config.api_key.get_secret_value(),
             base_url=config.base_url,
             max_retries=0,
-            timeout=timeout,
+            timeout=openai_timeout(timeouts),
         )
 
     async def aclose(self) -> None:
@@ -60,21 +70,22 @@ class OpenAIResponsesProvider:
     async def stream(self, request: ProviderRequest) -> AsyncIterator[Chunk]:
         finish: Finish | None = None
         try:
-            stream = await self._client.responses.create(
+            created = await self._client.responses.create(
                 model=self.model,
                 instructions=request.system,
-                input=response_input(request.messages),  # type: ignore[arg-type]  # SDK TypedDicts
+                input=response_input(request.messages),  # type: ignore[arg-type]  # plain dicts, not the SDK's TypedDicts
                 stream=True,
                 store=False,
             )
+            stream = cast("AsyncStream[ResponseStreamEvent]", created)
             async with stream:
                 async for event in stream:
-                    match event.type:
-                        case "response.output_text.delta":
+                    match event:
+                        case ResponseTextDeltaEvent():
                             yield TextDelta(event.delta)
-                        case "response.reasoning_summary_text.delta":
+                        case ResponseReasoningSummaryTextDeltaEvent():
                             yield ReasoningDelta(event.delta)
-                        case "response.completed" | "response.incomplete":
+                        case ResponseCompletedEvent() | ResponseIncompleteEvent():
                             resp = event.response
                             usage = Usage()
                             if resp.usage is not None:
@@ -83,7 +94,7 @@ class OpenAIResponsesProvider:
                                     output_tokens=resp.usage.output_tokens,
                                 )
                             finish = Finish(model=resp.model or self.model, usage=usage)
-                        case "response.failed":
+                        case ResponseFailedEvent():
                             err = event.response.error
                             raise ProviderError(
                                 f"{self.name} response failed: "
@@ -91,7 +102,7 @@ class OpenAIResponsesProvider:
                                 code="provider_error",
                                 retryable=False,
                             )
-                        case "error":
+                        case ResponseErrorEvent():
                             raise ProviderError(
                                 f"{self.name} stream error: {event.message}",
                                 code="provider_error",
@@ -101,7 +112,7 @@ class OpenAIResponsesProvider:
                             pass
         except ProviderError:
             raise
-        except (openai.OpenAIError, httpx.HTTPError) as exc:
+        except (openai.OpenAIError, httpx2.HTTPError) as exc:
             raise map_openai_error(self.name, exc) from exc
         if finish is None:
             raise ProviderError(
