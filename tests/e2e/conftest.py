@@ -1,0 +1,122 @@
+"""The stack as real processes (`python -m ...`), each logging JSON to its own file."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.support.infra import Infra
+from tests.support.stack import JWT_SECRET, purge_namespace
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ProcessStack:
+    infra: Infra
+    logdir: Path
+    namespace: str = field(default_factory=lambda: f"e{secrets.token_hex(4)}.")
+    db_name: str = field(default_factory=lambda: f"parley_e2e_{secrets.token_hex(4)}")
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def env(self) -> dict[str, str]:
+        return self._env
+
+    async def start(self) -> None:
+        ports = {name: free_port() for name in ("gateway", "history", "worker", "sim")}
+        self.url = f"http://127.0.0.1:{ports['gateway']}"
+        sim = f"http://127.0.0.1:{ports['sim']}"
+        base = {k: v for k, v in os.environ.items() if not k.endswith(("_API_KEY", "_HOST"))}
+        self._env = base | {
+            "LOG_FORMAT": "json",
+            "PARLEY_NAMESPACE": self.namespace,
+            "RABBITMQ_URL": self.infra.rabbitmq_url,
+            "REDIS_URL": self.infra.redis_url,
+            "MONGODB_URL": f"{self.infra.mongodb_url}{self.db_name}",
+            "GATEWAY_PORT": str(ports["gateway"]),
+            "HISTORY_PORT": str(ports["history"]),
+            "WORKER_PORT": str(ports["worker"]),
+            "HISTORY_URL": f"http://127.0.0.1:{ports['history']}",
+            "HISTORY_SERVICE_TOKEN": "e2e-service-token",
+            "AUTH_JWT_SECRET": JWT_SECRET,
+            "GROQ_API_KEY": "sim-key",
+            "GROQ_BASE_URL": f"{sim}/openai/v1",
+        }
+        self._spawn("sim", "parley_sim", "--port", str(ports["sim"]))
+        self._spawn("history", "parley_history")
+        await self.wait_http(f"http://127.0.0.1:{ports['history']}/readyz")
+        self._spawn("worker", "parley_worker", "--provider", "groq")
+        await self.wait_http(f"http://127.0.0.1:{ports['worker']}/readyz")
+        self._spawn("gateway", "parley_gateway")
+        await self.wait_http(f"{self.url}/readyz")
+
+    def _spawn(self, name: str, module: str, *args: str) -> None:
+        log = open(self.logdir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", module, *args], env=self._env, stdout=log, stderr=log
+        )
+
+    async def wait_http(self, url: str, seconds: float = 30) -> None:
+        async with aiohttp.ClientSession() as session:
+            async with asyncio.timeout(seconds):
+                while True:
+                    for name, proc in self.procs.items():
+                        if proc.poll() is not None:
+                            log = (self.logdir / f"{name}.log").read_text()[-2000:]
+                            raise RuntimeError(f"{name} exited {proc.returncode}: {log}")
+                    try:
+                        async with session.get(url) as resp:
+                            if resp.status == 200:
+                                return
+                    except aiohttp.ClientError:
+                        pass
+                    await asyncio.sleep(0.1)  # polling a port that is not open yet
+
+    def log_lines(self, name: str) -> list[str]:
+        return (self.logdir / f"{name}.log").read_text().splitlines()
+
+    async def stop(self) -> dict[str, int]:
+        codes: dict[str, int] = {}
+        for name in ("gateway", "worker", "history", "sim"):
+            proc = self.procs.get(name)
+            if proc is None:
+                continue
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            try:
+                codes[name] = await asyncio.to_thread(proc.wait, 30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes[name] = -9
+        return codes
+
+
+@pytest.fixture
+async def processes(infra: Infra, tmp_path: Path) -> AsyncIterator[ProcessStack]:
+    stack = ProcessStack(infra, tmp_path)
+    try:
+        await stack.start()
+        yield stack
+    finally:
+        await stack.stop()
+        from pymongo import AsyncMongoClient
+
+        mongo: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(infra.mongodb_url)
+        await mongo.drop_database(stack.db_name)
+        await mongo.close()
+        await purge_namespace(infra, stack.namespace)

@@ -1,0 +1,40 @@
+"""Provider text cannot forge SSE fields, whatever it contains."""
+
+from __future__ import annotations
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from aiohttp_sse import EventSourceResponse
+from parley_common.schemas.events import decode_envelope, encode_delta
+from parley_gateway.handlers.chat import send_envelope
+
+from tests.support.sse import parse_sse
+
+pytestmark = pytest.mark.unit
+
+HOSTILE = [
+    'hello\n\nevent: done\ndata: {"type":"done"}\n\n',
+    "lone\rcarriage\rreturn: id: 99",
+    "crlf\r\n\r\nevent: error",
+    "data: injected",
+    "\u2028unicode line separator\u2029",
+]
+
+
+async def test_hostile_deltas_arrive_as_one_assistant_event_each():
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = EventSourceResponse(sep="\n")
+        await resp.prepare(request)
+        for i, text in enumerate(HOSTILE, start=1):
+            await send_envelope(resp, decode_envelope(encode_delta(i, "assistant", text)))
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.get("/")
+        events, _ = parse_sse(await resp.text())
+    assert [e.event for e in events] == ["assistant"] * len(HOSTILE)
+    assert [e.id for e in events] == [str(i) for i in range(1, len(HOSTILE) + 1)]
+    assert [e.data["delta"] for e in events] == HOSTILE
