@@ -50,3 +50,27 @@ async def read_sse(resp: aiohttp.ClientResponse) -> list[SseEvent]:
     text = await resp.text()
     events, _ = parse_sse(text)
     return events
+
+
+async def iter_sse(resp: aiohttp.ClientResponse, comments: list[str] | None = None):  # type: ignore[no-untyped-def]
+    """Yield events as they arrive (and collect comment lines into `comments`)."""
+    current = SseEvent()
+    async for raw in resp.content:
+        line = raw.decode().rstrip("\n").rstrip("\r")
+        if line == "":
+            if current.data_lines:
+                yield current
+            current = SseEvent()
+            continue
+        if line.startswith(":"):
+            if comments is not None:
+                comments.append(line[1:].strip())
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "event":
+            current.event = value
+        elif name == "id":
+            current.id = value
+        elif name == "data":
+            current.data_lines.append(value)

@@ -182,7 +182,7 @@ async def purge_namespace(infra: Infra, namespace: str) -> None:
             topo.jobs_queue(p)
             for p in ("ollama", "groq", "google", "claude", "openai", "openrouter")
         ]
-        for q in [*queues, topo.dead_queue, topo.history_queue]:
+        for q in [*queues, topo.dead_queue, topo.history_queue, topo.history_dead_queue]:
             await channel.queue_delete(q)
         for ex in (topo.jobs_exchange, topo.events_exchange, topo.dead_exchange):
             await channel.exchange_delete(ex)

@@ -7,7 +7,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from aiohttp_sse import EventSourceResponse
 from parley_common.schemas.events import decode_envelope, encode_delta
-from parley_gateway.handlers.chat import send_envelope
+from parley_gateway.handlers.streaming import send_envelope
 
 from tests.support.sse import parse_sse
 

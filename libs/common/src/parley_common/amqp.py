@@ -76,15 +76,30 @@ async def declare_history_queue(
     queue = await channel.declare_queue(
         topo.history_queue,
         durable=True,
+        # No delivery limit: a turn result that cannot be saved yet (MongoDB down) is
+        # retried with backoff until it can; one that can never be parsed is rejected
+        # explicitly and dead-lettered.
         arguments={
             "x-queue-type": "quorum",
-            "x-delivery-limit": 20,
             "x-dead-letter-exchange": topo.dead_exchange,
             "x-dead-letter-strategy": "at-least-once",
             "x-overflow": "reject-publish",
         },
     )
     await queue.bind(exchanges.events, routing_key="turn.*")
+    return queue
+
+
+async def declare_dead_jobs_queue(
+    channel: AbstractChannel, topo: Topology, exchanges: Exchanges
+) -> AbstractQueue:
+    """History's copy of every dead-lettered message (the DLX is a fanout), so that the
+    client of a poison job gets an `error` and the copy in `chat.jobs.dead` stays for
+    operators to inspect."""
+    queue = await channel.declare_queue(
+        topo.history_dead_queue, durable=True, arguments={"x-queue-type": "quorum"}
+    )
+    await queue.bind(exchanges.dead)
     return queue
 
 

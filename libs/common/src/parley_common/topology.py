@@ -47,12 +47,35 @@ class Topology:
     def history_queue(self) -> str:
         return self._n("history.turn-events")
 
+    @property
+    def history_dead_queue(self) -> str:
+        return self._n("history.dead-jobs")
+
     # Redis
     def job_channel(self, job_id: str) -> str:
         return self._n(f"chat:job:{job_id}")
 
     def job_log(self, job_id: str) -> str:
         return self._n(f"chat:job:{job_id}:log")
+
+    def job_meta(self, job_id: str) -> str:
+        """Hash of who owns a job and where it stands (user, conversation, provider, state)."""
+        return self._n(f"chat:job:{job_id}:meta")
+
+    def job_cancel(self, job_id: str) -> str:
+        return self._n(f"chat:job:{job_id}:cancel")
+
+    @property
+    def cancel_channel(self) -> str:
+        """Every worker listens here for cancel requests."""
+        return self._n("chat:cancel")
+
+    def conversation_jobs(self, conversation_id: str) -> str:
+        """Set of a conversation's active job ids."""
+        return self._n(f"chat:conv:{conversation_id}:jobs")
+
+    def idempotency(self, user_id: str, key: str) -> str:
+        return self._n(f"chat:idem:{user_id}:{key}")
 
     def redis_prefix(self) -> str:
         return self._n("")

@@ -10,15 +10,17 @@ import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
 from parley_common.http import add_probe_routes
+from parley_common.jobs import JobRegistry
 from parley_common.providers import IMPLEMENTED
 from parley_common.topology import Topology
 
 from parley_gateway.adapters.event_stream import EventHub
 from parley_gateway.adapters.history_client import HistoryClient
+from parley_gateway.adapters.idempotency import Idempotency
 from parley_gateway.adapters.job_publisher import JobPublisher
 from parley_gateway.auth import Authenticator
 from parley_gateway.context import SERVICES, Services
-from parley_gateway.handlers import chat, conversations
+from parley_gateway.handlers import chat, conversations, jobs
 from parley_gateway.middlewares import request_context
 from parley_gateway.settings import GatewaySettings
 
@@ -49,6 +51,9 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
             ),
             publisher=publisher,
             hub=hub,
+            registry=JobRegistry(redis, topo),
+            idempotency=Idempotency(redis, topo),
+            redis=redis,
         )
         log.info("gateway.ready", providers=settings.available_providers())
         yield
@@ -66,9 +71,10 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.router.add_post("/api/chat", chat.chat)
     app.router.add_post("/api/chat/stream", chat.chat)
     conversations.add_routes(app)
+    jobs.add_routes(app)
 
     async def redis_ready() -> object:
-        return await app[SERVICES].hub.log._redis.ping()
+        return await app[SERVICES].redis.ping()
 
     async def amqp_ready() -> object:
         if app[SERVICES].publisher.connection.is_closed:

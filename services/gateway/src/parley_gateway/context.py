@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import redis.asyncio as aioredis
 from aiohttp import web
+from parley_common.jobs import JobRegistry
 
 from parley_gateway.adapters.event_stream import EventHub
 from parley_gateway.adapters.history_client import HistoryClient
+from parley_gateway.adapters.idempotency import Idempotency
 from parley_gateway.adapters.job_publisher import JobPublisher
 from parley_gateway.auth import Authenticator
 from parley_gateway.settings import GatewaySettings
@@ -20,6 +23,9 @@ class Services:
     history: HistoryClient
     publisher: JobPublisher
     hub: EventHub
+    registry: JobRegistry
+    idempotency: Idempotency
+    redis: aioredis.Redis
 
 
 SERVICES = web.AppKey("services", Services)

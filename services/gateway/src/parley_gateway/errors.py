@@ -25,9 +25,10 @@ class ApiError(Exception):
         if code is not None:
             self.code = code
         self.headers: dict[str, str] = {}
+        self.extra: dict[str, object] = {}
 
     def body(self) -> dict[str, object]:
-        return {"error": self.message, "code": self.code}
+        return {"error": self.message, "code": self.code, **self.extra}
 
 
 class BadRequest(ApiError):

@@ -7,11 +7,16 @@ idempotent by job id, so a redelivery stores nothing twice.
 
 from __future__ import annotations
 
+import asyncio
+from datetime import UTC, datetime
+
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from parley_common.events import JobEvents
-from parley_common.schemas import DoneEvent, ErrorEvent, TurnResult, TurnStatus
+from parley_common.jobs import JobRegistry
+from parley_common.schemas import ChatJob, DoneEvent, ErrorEvent, TurnResult, TurnStatus
 from parley_common.schemas.events import encode_envelope
+from parley_common.schemas.jobs import JOB_TYPE
 from pydantic import ValidationError
 
 from parley_history.metrics import TURNS_SAVED
@@ -21,9 +26,10 @@ log = structlog.get_logger("parley_history.consumer")
 
 
 class TurnConsumer:
-    def __init__(self, store: Store, events: JobEvents) -> None:
+    def __init__(self, store: Store, events: JobEvents, registry: JobRegistry) -> None:
         self._store = store
         self._events = events
+        self._registry = registry
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         structlog.contextvars.clear_contextvars()
@@ -41,6 +47,78 @@ class TurnConsumer:
             await self.handle(result)
         except Exception:
             log.exception("turn.save_failed", redelivered=message.redelivered)
+            await self._backoff(message)
+            await message.nack(requeue=True)
+            return
+        await message.ack()
+
+    @staticmethod
+    async def _backoff(message: AbstractIncomingMessage) -> None:
+        """Hold a message that failed before requeueing it, longer each delivery, so an
+        outage (MongoDB, Redis) is waited out instead of spun through."""
+        count = (message.headers or {}).get("x-delivery-count", 0)
+        attempt = count if isinstance(count, int) else 0
+        await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
+
+    async def on_dead_letter(self, message: AbstractIncomingMessage) -> None:
+        """A job that no worker could finish: save an error reply and tell its client."""
+        structlog.contextvars.clear_contextvars()
+        headers = message.headers or {}
+        job_id = message.message_id or ""
+        structlog.contextvars.bind_contextvars(
+            request_id=str(headers.get("request_id", "")), job_id=job_id
+        )
+        if message.type != JOB_TYPE or not job_id:
+            log.warning("dead_letter.ignored", type=message.type)
+            await message.ack()  # stays visible in the dead-letter queue's own metrics
+            return
+        try:
+            job = ChatJob.model_validate_json(message.body)
+            user_id, conversation_id, provider = job.user_id, job.conversation_id, job.provider
+            request_id = job.request_id
+        except ValidationError:
+            user_id = str(headers.get("user_id", ""))
+            conversation_id = message.correlation_id or ""
+            provider = str(headers.get("provider", ""))
+            request_id = str(headers.get("request_id", ""))
+        try:
+            earlier = await self._events.replay(job_id)
+            if any(e.terminal for e in earlier):
+                await message.ack()  # already answered
+                return
+            result = TurnResult(
+                job_id=job_id,
+                request_id=request_id,
+                user_id=user_id,
+                conversation_id=conversation_id,
+                provider=provider,
+                status=TurnStatus.error,
+                reply="".join(e.payload()["delta"] for e in earlier if e.type == "assistant"),
+                error="the reply could not be generated: the job failed repeatedly and was "
+                "set aside",
+                error_code="job_dead_lettered",
+                last_seq=max((e.seq for e in earlier), default=0),
+                finished_at=datetime.now(UTC),
+            )
+            log.error("job.dead_lettered", reason=str(headers.get("x-first-death-reason", "")))
+            if user_id and conversation_id:
+                await self.handle(result)
+            else:
+                await self._events.publish(
+                    job_id,
+                    encode_envelope(
+                        result.last_seq + 1,
+                        ErrorEvent(
+                            error=result.error or "",
+                            conversation_id=conversation_id,
+                            provider=provider,
+                            code=result.error_code,
+                        ),
+                    ),
+                )
+        except Exception:
+            log.exception("dead_letter.failed")
+            await self._backoff(message)
             await message.nack(requeue=True)
             return
         await message.ack()
@@ -76,6 +154,7 @@ class TurnConsumer:
                 message_id=message_id,
             )
         await self._events.publish(result.job_id, encode_envelope(seq, event))
+        await self._registry.finish(result.job_id, result.conversation_id)
         log.info(
             "turn.saved",
             status=result.status.value,

@@ -18,10 +18,12 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 from parley_common.amqp import Exchanges, declare_exchanges, declare_job_queue, open_channel
 from parley_common.events import JobEvents
+from parley_common.jobs import JobRegistry
 from parley_common.schemas import ChatJob, TurnResult, TurnStatus
 from parley_common.schemas.jobs import TURN_TYPE
 from parley_common.topology import TURN_CANCELLED, TURN_COMPLETED, TURN_FAILED, Topology
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
 from parley_worker.metrics import IN_FLIGHT
 from parley_worker.providers.base import Provider, Timeouts
@@ -54,6 +56,11 @@ class Worker:
         self._exchanges: Exchanges | None = None
         self._channel: AbstractChannel | None = None
         self._runner: TurnRunner | None = None
+        self._events: JobEvents | None = None
+        self._registry: JobRegistry | None = None
+        # Cancel signals of the turns this process is running, by job id.
+        self._cancels: dict[str, asyncio.Event] = {}
+        self._cancel_listener: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -65,7 +72,12 @@ class Worker:
         self.redis = aioredis.from_url(s.redis_url.get_secret_value())
         self._stack.push_async_callback(self.redis.aclose)
         events = JobEvents(self.redis, self.topo, s.replay_log_ttl)
+        self._events = events
+        self._registry = JobRegistry(self.redis, self.topo)
         self._runner = TurnRunner(events, s.max_generation_seconds)
+        pubsub = self.redis.pubsub()
+        await pubsub.subscribe(self.topo.cancel_channel)
+        self._cancel_listener = asyncio.create_task(self._listen_cancels(pubsub))
         self.connection = await aio_pika.connect_robust(s.rabbitmq_url.get_secret_value())
         self._stack.push_async_callback(self.connection.close)
         # Results are published on their own channel so that a slow publish
@@ -93,7 +105,30 @@ class Worker:
             )
             for task in pending:
                 task.cancel()
+        if self._cancel_listener is not None:
+            self._cancel_listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._cancel_listener
         await self._stack.aclose()
+
+    async def _listen_cancels(self, pubsub: aioredis.client.PubSub) -> None:
+        """Set the cancel signal of a running turn when anyone asks to cancel it."""
+        try:
+            while True:
+                try:
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                except (OSError, RedisError) as exc:
+                    log.warning("cancel_listener.connection_lost", error_type=type(exc).__name__)
+                    await asyncio.sleep(1.0)  # back off, then the next read reconnects
+                    continue
+                if msg is None or msg.get("type") != "message":
+                    continue
+                job_id = msg["data"].decode()
+                event = self._cancels.get(job_id)
+                if event is not None:
+                    event.set()
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
 
     def _make_handler(self, provider_name: str):  # type: ignore[no-untyped-def]
         async def handler(message: AbstractIncomingMessage) -> None:
@@ -126,11 +161,12 @@ class Worker:
         provider = self._providers[provider_name]
         log.info("job.started", redelivered=message.redelivered, messages=len(job.messages))
         IN_FLIGHT.labels(provider=provider_name).inc()
+        cancel = self._cancels.setdefault(job.job_id, asyncio.Event())
         try:
-            if time.time() > job.deadline:
-                result = await self._runner.expired(job, provider_name)
-            else:
-                result = await self._runner.run(job, provider)
+            result = await self._turn(job, provider, cancel, redelivered=bool(message.redelivered))
+            if result is None:
+                await message.ack()  # already saved and announced by an earlier attempt
+                return
             await self._publish_result(result)
         except Exception:
             # The result could not be confirmed: leave the job to be redelivered.
@@ -139,6 +175,7 @@ class Worker:
             return
         finally:
             IN_FLIGHT.labels(provider=provider_name).dec()
+            self._cancels.pop(job.job_id, None)
         await message.ack()
         log.info(
             "job.finished",
@@ -148,6 +185,49 @@ class Worker:
             model=result.model,
             error_code=result.error_code,
         )
+
+    async def _turn(
+        self, job: ChatJob, provider: Provider, cancel: asyncio.Event, *, redelivered: bool
+    ) -> TurnResult | None:
+        """The turn's result, or None when an earlier attempt already finished it."""
+        assert self._runner is not None and self._events is not None
+        assert self._registry is not None
+        if time.time() > job.deadline:
+            return self._runner.expired(job, provider.name)
+        if await self._registry.cancel_requested(job.job_id):
+            return self._runner.result(
+                job,
+                provider.name,
+                TurnStatus.cancelled,
+                error="the reply was cancelled",
+                code="cancelled",
+            )
+        start_seq = 0
+        if redelivered:
+            # An earlier attempt died. What it streamed has reached clients and cannot
+            # be taken back, so a second attempt must not add another reply to it.
+            earlier = await self._events.replay(job.job_id)
+            if any(e.terminal for e in earlier):
+                log.info("job.already_finished")
+                return None
+            start_seq = max((e.seq for e in earlier), default=0)
+            streamed = [e for e in earlier if e.type in ("assistant", "reasoning")]
+            if streamed:
+                log.warning("job.redelivered_mid_reply", streamed_events=len(streamed))
+                return self._runner.result(
+                    job,
+                    provider.name,
+                    TurnStatus.error,
+                    reply="".join(e.payload()["delta"] for e in streamed if e.type == "assistant"),
+                    reasoning="".join(
+                        e.payload()["delta"] for e in streamed if e.type == "reasoning"
+                    ),
+                    error="the reply was interrupted (its worker stopped); the partial "
+                    "reply is saved",
+                    code="worker_lost",
+                    last_seq=start_seq,
+                )
+        return await self._runner.run(job, provider, cancel, start_seq=start_seq)
 
     async def _publish_result(self, result: TurnResult) -> None:
         assert self._exchanges is not None

@@ -48,7 +48,12 @@ class JobPublisher:
             message_id=job.job_id,
             correlation_id=job.conversation_id,
             type=JOB_TYPE,
-            headers={"request_id": job.request_id, "schema_version": job.v},
+            headers={
+                "request_id": job.request_id,
+                "schema_version": job.v,
+                "user_id": job.user_id,
+                "provider": job.provider,
+            },
         )
         try:
             async with asyncio.timeout(PUBLISH_TIMEOUT):

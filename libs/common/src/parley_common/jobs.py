@@ -1,0 +1,97 @@
+"""A job's registry entry in Redis: owner, conversation, provider, state.
+
+Written by the gateway when it accepts a turn, marked finished by history when the
+turn is saved. It outlives the replay log so that a late resume can be told the
+job is finished and where its reply is saved, instead of just "unknown".
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from parley_common.topology import Topology
+
+# How long a job's registry entry is kept (seconds).
+META_TTL = 7 * 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class JobMeta:
+    job_id: str
+    user_id: str
+    conversation_id: str
+    provider: str
+    state: str  # "running" or "finished"
+    started_at: float
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class JobRegistry:
+    def __init__(self, redis: aioredis.Redis, topo: Topology) -> None:
+        self._redis = redis
+        self._topo = topo
+
+    async def register(
+        self, job_id: str, user_id: str, conversation_id: str, provider: str, active_ttl: int
+    ) -> None:
+        meta = self._topo.job_meta(job_id)
+        active = self._topo.conversation_jobs(conversation_id)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hset(
+            meta,
+            mapping={
+                "user_id": user_id,
+                "conversation_id": conversation_id,
+                "provider": provider,
+                "state": "running",
+                "started_at": f"{time.time():.3f}",
+            },
+        )
+        pipe.expire(meta, META_TTL)
+        pipe.sadd(active, job_id)
+        pipe.expire(active, active_ttl)
+        await pipe.execute()
+
+    async def finish(self, job_id: str, conversation_id: str) -> None:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hset(self._topo.job_meta(job_id), "state", "finished")
+        pipe.srem(self._topo.conversation_jobs(conversation_id), job_id)
+        await pipe.execute()
+
+    async def get(self, job_id: str) -> JobMeta | None:
+        raw = await self._redis.hgetall(self._topo.job_meta(job_id))
+        if not raw or b"user_id" not in raw:
+            return None
+        d = {_text(k): _text(v) for k, v in raw.items()}
+        return JobMeta(
+            job_id=job_id,
+            user_id=d["user_id"],
+            conversation_id=d["conversation_id"],
+            provider=d["provider"],
+            state=d.get("state", "running"),
+            started_at=float(d.get("started_at", "0")),
+        )
+
+    async def active(self, conversation_id: str) -> list[JobMeta]:
+        ids = await self._redis.smembers(self._topo.conversation_jobs(conversation_id))
+        out: list[JobMeta] = []
+        for raw_id in sorted(ids):
+            meta = await self.get(_text(raw_id))
+            if meta is not None and meta.state == "running":
+                out.append(meta)
+        return out
+
+    async def request_cancel(self, job_id: str, ttl: int) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(self._topo.job_cancel(job_id), b"1", ex=ttl)
+        pipe.publish(self._topo.cancel_channel, job_id.encode())
+        await pipe.execute()
+
+    async def cancel_requested(self, job_id: str) -> bool:
+        return bool(await self._redis.exists(self._topo.job_cancel(job_id)))

@@ -1,0 +1,115 @@
+"""Relaying a job's events to a client: as SSE, or collected into one JSON reply."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+from aiohttp import web
+from aiohttp_sse import EventSourceResponse
+from parley_common.schemas import ErrorEvent, EventEnvelope
+
+from parley_gateway.adapters.event_stream import StreamLost, Subscription
+from parley_gateway.context import Services
+from parley_gateway.errors import BadGateway, GatewayTimeout
+from parley_gateway.metrics import FIRST_EVENT_SECONDS, STREAMS
+from parley_gateway.middlewares import REQUEST_ID
+
+log = structlog.get_logger("parley_gateway.streaming")
+
+
+def terminal_timeout(svc: Services) -> float:
+    """The longest a client waits for `done`/`error`: queue deadline plus generation."""
+    return float(svc.settings.job_deadline_seconds) + 60.0
+
+
+async def collect(svc: Services, sub: Subscription, after_seq: int) -> web.Response:
+    try:
+        async with asyncio.timeout(terminal_timeout(svc)):
+            async for env in sub.events(after_seq=after_seq):
+                if env.type == "done":
+                    data = env.payload()
+                    return web.json_response(
+                        {
+                            "reply": data["reply"],
+                            "conversation_id": data["conversation_id"],
+                            "provider": data["provider"],
+                        }
+                    )
+                if env.type == "error":
+                    data = env.payload()
+                    raise BadGateway(data["error"], code=data.get("code") or "provider_error")
+    except TimeoutError as exc:
+        raise GatewayTimeout(f"no reply within {terminal_timeout(svc):.0f}s") from exc
+    except StreamLost as exc:
+        raise GatewayTimeout(f"lost the reply stream: {exc}") from exc
+    raise GatewayTimeout("the reply stream ended without a result")
+
+
+async def relay(
+    request: web.Request,
+    svc: Services,
+    sub: Subscription,
+    *,
+    conversation_id: str,
+    provider: str,
+    after_seq: int,
+    first: EventEnvelope | None = None,
+) -> web.StreamResponse:
+    """Stream the job's events after `after_seq` as SSE until `done` or `error`.
+
+    A client that goes away loses nothing: the job goes on and its reply is saved
+    (unless CANCEL_ON_DISCONNECT is set, which cancels it).
+    """
+    resp = EventSourceResponse(
+        sep="\n",
+        allow_all_methods=True,
+        ping_interval=svc.settings.sse_ping_seconds,
+        send_timeout=svc.settings.sse_send_timeout,
+        headers={"X-Request-ID": request[REQUEST_ID]},
+    )
+    await resp.prepare(request)
+    STREAMS.inc()
+    started = time.perf_counter()
+    waiting_first_token = True
+    finished = False
+    try:
+        if first is not None:
+            await send_envelope(resp, first)
+            after_seq = max(after_seq, first.seq)
+        try:
+            async with asyncio.timeout(terminal_timeout(svc)):
+                async for env in sub.events(after_seq=after_seq):
+                    if waiting_first_token and env.type in ("assistant", "reasoning"):
+                        FIRST_EVENT_SECONDS.labels(provider).observe(time.perf_counter() - started)
+                        waiting_first_token = False
+                    await send_envelope(resp, env)
+                    finished = env.terminal
+        except (TimeoutError, StreamLost) as exc:
+            lost = isinstance(exc, StreamLost)
+            err = ErrorEvent(
+                error=(
+                    "lost the live stream; resume it with GET /api/chat/jobs/{id}/events"
+                    if lost
+                    else "no reply in time; it is saved if it completes"
+                ),
+                conversation_id=conversation_id,
+                provider=provider,
+                code="stream_lost" if lost else "timeout",
+            )
+            await resp.send(err.model_dump_json(), event="error")
+            finished = True
+    except (ConnectionResetError, TimeoutError):
+        log.info("stream.client_gone", job_id=sub.job_id)
+    finally:
+        STREAMS.dec()
+        resp.stop_streaming()
+        if not finished and svc.settings.cancel_on_disconnect:
+            log.info("stream.cancel_on_disconnect", job_id=sub.job_id)
+            await svc.registry.request_cancel(sub.job_id, svc.settings.job_deadline_seconds)
+    return resp
+
+
+async def send_envelope(resp: EventSourceResponse, env: EventEnvelope) -> None:
+    await resp.send(env.data, id=str(env.seq), event=env.type)

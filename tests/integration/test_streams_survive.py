@@ -1,0 +1,272 @@
+"""Resume, cancel, disconnect, idempotent send, heartbeats and dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+
+import aio_pika
+import pytest
+from aiohttp import web
+
+from parley_common.jobs import JobRegistry
+from parley_common.schemas import MetaEvent
+from parley_common.schemas.events import encode_envelope
+from parley_common.topology import Topology
+from parley_gateway.app import create_app as create_gateway
+from tests.support.infra import Infra
+from tests.support.sse import iter_sse, parse_sse
+from tests.support.stack import Stack
+
+pytestmark = pytest.mark.integration
+
+SLOW = "one two three four five six seven eight nine ten [[sim:delay-ms=40]]"
+
+
+def user() -> str:
+    return f"user-{secrets.token_hex(3)}"
+
+
+async def open_chat(stack: Stack, who: str, body: dict[str, object], **headers: str):  # type: ignore[no-untyped-def]
+    h = stack.auth(who) | {"Accept": "text/event-stream"} | headers
+    return await stack.http.post(f"{stack.url}/api/chat", json=body, headers=h)
+
+
+async def resume(stack: Stack, who: str, job_id: str, last: int | None = None, url: str = ""):  # type: ignore[no-untyped-def]
+    headers = stack.auth(who)
+    if last is not None:
+        headers["Last-Event-ID"] = str(last)
+    async with stack.http.get(
+        f"{url or stack.url}/api/chat/jobs/{job_id}/events", headers=headers
+    ) as resp:
+        text = await resp.text()
+        return resp.status, parse_sse(text)[0] if resp.status == 200 else await resp.json()
+
+
+async def test_dropped_stream_resumes_from_last_event_id_on_another_gateway(stack: Stack):
+    who = user()
+    resp = await open_chat(stack, who, {"text": SLOW, "provider": "groq"})
+    seen = []
+    async for ev in iter_sse(resp):
+        seen.append(ev)
+        if len(seen) == 3:  # meta + two deltas, then the train enters the tunnel
+            break
+    resp.close()
+    job_id = seen[0].data["job_id"]
+    last = int(seen[-1].id or 0)
+
+    # A second gateway process (same Redis, RabbitMQ, history) serves the resume.
+    other = web.AppRunner(create_gateway(stack.gateway_settings))
+    await other.setup()
+    site = web.TCPSite(other, "127.0.0.1", 0)
+    await site.start()
+    try:
+        url = f"http://127.0.0.1:{other.addresses[0][1]}"
+        status, events = await resume(stack, who, job_id, last, url=url)
+    finally:
+        await other.cleanup()
+    assert status == 200
+    ids = [int(e.id or -1) for e in events]
+    assert ids == list(range(last + 1, last + 1 + len(events)))
+    assert events[-1].event == "done"
+    text = "".join(e.data["delta"] for e in seen[1:] + events if e.event == "assistant")
+    assert text == events[-1].data["reply"] == "Echo: " + SLOW.split(" [[")[0]
+
+
+async def test_resume_with_query_parameter_replays_exactly_the_missing_events(stack: Stack):
+    who = user()
+    res = await stack.chat(who, {"text": "a b c d", "provider": "groq"})
+    job_id = res.events[0].data["job_id"]
+    async with stack.http.get(
+        f"{stack.url}/api/chat/jobs/{job_id}/events?last_event_id=2", headers=stack.auth(who)
+    ) as resp:
+        events = parse_sse(await resp.text())[0]
+    assert [(e.id, e.event, e.data) for e in events] == [
+        (e.id, e.event, e.data) for e in res.events[3:]
+    ]
+    # Without Last-Event-ID the whole stream is replayed, meta first.
+    status, replay = await resume(stack, who, job_id)
+    assert status == 200 and [e.event for e in replay] == [e.event for e in res.events]
+
+
+async def test_resume_is_owner_only_and_unknown_jobs_are_404(stack: Stack):
+    who = user()
+    res = await stack.chat(who, {"text": "mine", "provider": "groq"})
+    job_id = res.events[0].data["job_id"]
+    status, body = await resume(stack, user(), job_id)
+    assert status == 403
+    status, body = await resume(stack, who, "job-" + "0" * 24)
+    assert status == 404
+    status, body = await resume(stack, who, "../../etc/passwd")
+    assert status == 404
+
+
+async def test_expired_replay_log_is_not_resumable_and_points_to_saved_reply(stack: Stack):
+    who = user()
+    res = await stack.chat(who, {"text": "old news", "provider": "groq"})
+    job_id = res.events[0].data["job_id"]
+    await stack.worker.redis.delete(Topology(stack.namespace).job_log(job_id))  # type: ignore[union-attr]
+    status, body = await resume(stack, who, job_id, 1)
+    assert status == 410
+    assert body["code"] == "not_resumable"
+    assert body["message_id"] == res.last.data["message_id"]
+    assert body["conversation_id"] == res.last.data["conversation_id"]
+
+
+async def test_active_jobs_are_listed_for_another_device_then_cleared(stack: Stack):
+    who = user()
+    resp = await open_chat(stack, who, {"text": SLOW, "provider": "groq"})
+    stream = iter_sse(resp)
+    meta = await anext(stream)
+    conv, job_id = meta.data["conversation_id"], meta.data["job_id"]
+    url = f"{stack.url}/api/chat/jobs?conversation_id={conv}"
+    async with stack.http.get(url, headers=stack.auth(who)) as r:
+        listed = await r.json()
+    assert [j["job_id"] for j in listed["jobs"]] == [job_id]
+    async with stack.http.get(url, headers=stack.auth(user())) as r:
+        assert (await r.json())["jobs"] == []  # another user sees nothing
+    async for ev in stream:
+        if ev.event in ("done", "error"):
+            break
+    resp.close()
+    async with stack.http.get(url, headers=stack.auth(who)) as r:
+        assert (await r.json())["jobs"] == []
+
+
+async def test_disconnect_keeps_generating_and_saves_the_reply(stack: Stack):
+    who = user()
+    resp = await open_chat(stack, who, {"text": SLOW, "provider": "groq"})
+    stream = iter_sse(resp)
+    meta = await anext(stream)
+    await anext(stream)
+    resp.close()
+    # Follow the job to its end from the replay log, then read the database.
+    status, events = await resume(stack, who, meta.data["job_id"], 0)
+    assert events[-1].event == "done"
+    docs = await stack.messages_in_db(meta.data["conversation_id"])
+    assert docs[-1]["status"] == "complete"
+    assert docs[-1]["content"] == events[-1].data["reply"]
+
+
+async def test_cancel_closes_the_provider_call_and_saves_partial_reply(stack: Stack):
+    who = user()
+    text = " ".join(f"w{i}" for i in range(200)) + " [[sim:delay-ms=30]]"
+    resp = await open_chat(stack, who, {"text": text, "provider": "groq"})
+    stream = iter_sse(resp)
+    meta = await anext(stream)
+    first = await anext(stream)
+    assert first.event == "assistant"
+    closed_before = stack.sim.closed_early
+    stack.sim.stream_closed.clear()
+    async with stack.http.post(
+        f"{stack.url}/api/chat/jobs/{meta.data['job_id']}/cancel", headers=stack.auth(who)
+    ) as r:
+        assert r.status == 202
+    await asyncio.wait_for(stack.sim.stream_closed.wait(), timeout=1.0)
+    assert stack.sim.closed_early == closed_before + 1
+    events = [ev async for ev in stream]
+    resp.close()
+    assert events[-1].event == "error" and events[-1].data["code"] == "cancelled"
+    partial = "".join(e.data["delta"] for e in [first, *events] if e.event == "assistant")
+    docs = await stack.messages_in_db(meta.data["conversation_id"])
+    assert (docs[-1]["role"], docs[-1]["status"]) == ("assistant", "cancelled")
+    assert docs[-1]["content"] == partial and partial.startswith("Echo: ")
+    assert len(partial) < len(text)
+
+
+async def test_cancel_by_another_user_is_403(stack: Stack):
+    who = user()
+    res = await stack.chat(who, {"text": "x", "provider": "groq"})
+    job_id = res.events[0].data["job_id"]
+    async with stack.http.post(
+        f"{stack.url}/api/chat/jobs/{job_id}/cancel", headers=stack.auth(user())
+    ) as r:
+        assert r.status == 403
+
+
+async def test_idempotency_key_attaches_a_retry_to_the_same_job(stack: Stack):
+    who = user()
+    key = secrets.token_hex(8)
+    body = {"text": "only once please", "provider": "groq"}
+    first, second = await asyncio.gather(
+        stack.chat(who, body, headers={"Idempotency-Key": key}),
+        stack.chat(who, body, headers={"Idempotency-Key": key}),
+    )
+    assert first.events[0].data["job_id"] == second.events[0].data["job_id"]
+    assert first.last.data == second.last.data
+    docs = await stack.messages_in_db(first.last.data["conversation_id"])
+    assert [d["role"] for d in docs] == ["user", "assistant"]
+    third = await stack.chat(who, body, stream=False, headers={"Idempotency-Key": key})
+    assert third.status == 200 and third.json["reply"] == "Echo: only once please"
+
+
+async def test_heartbeat_comments_flow_while_the_job_waits_in_the_queue(infra: Infra):
+    stack = await Stack(
+        infra, env={"gateway": {"sse_ping_seconds": 0.05}}, start_worker=False
+    ).start()
+    try:
+        resp = await open_chat(stack, "user-hb", {"text": "wait for me", "provider": "groq"})
+        stream = iter_sse(resp)
+        meta = await anext(stream)
+        assert meta.event == "meta"
+        # No worker is running: the next line on the wire must be a ping comment.
+        line = await asyncio.wait_for(resp.content.readline(), timeout=5)
+        assert line.startswith(b": ping")
+        await stack.start_worker_now()
+        events = [ev async for ev in stream]
+        resp.close()
+        assert events[-1].event == "done"
+    finally:
+        await stack.stop()
+
+
+async def test_poison_job_is_dead_lettered_and_its_client_gets_an_error(stack: Stack):
+    who = user()
+    topo = Topology(stack.namespace)
+    job_id = f"job-{secrets.token_hex(12)}"
+    conv = (await stack.chat(who, {"text": "hi", "provider": "groq"})).last.data["conversation_id"]
+    registry = JobRegistry(stack.worker.redis, topo)  # type: ignore[arg-type]
+    await registry.register(job_id, who, conv, "groq", active_ttl=60)
+    meta = MetaEvent(conversation_id=conv, provider="groq", job_id=job_id)
+    await stack.worker.redis.rpush(topo.job_log(job_id), encode_envelope(0, meta))  # type: ignore[union-attr]
+
+    connection = await aio_pika.connect(stack.infra.rabbitmq_url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(topo.jobs_exchange)
+        await exchange.publish(
+            aio_pika.Message(
+                b'{"not": "a job"}',
+                message_id=job_id,
+                correlation_id=conv,
+                type="parley.chat.job.v1",
+                headers={"request_id": "req-poison", "user_id": who, "provider": "groq"},
+            ),
+            routing_key="groq",
+        )
+        status, events = await resume(stack, who, job_id, 0)
+        assert status == 200
+        assert [e.event for e in events] == ["error"]
+        assert events[0].data["code"] == "job_dead_lettered"
+        docs = await stack.messages_in_db(conv)
+        assert (docs[-1]["_id"], docs[-1]["status"]) == (f"msg-{job_id}-a", "error")
+        dead = await channel.get_queue(topo.dead_queue)
+        got = await dead.get(no_ack=True, fail=False)
+        assert got is not None and got.message_id == job_id
+    finally:
+        await connection.close()
+
+
+async def test_publish_with_no_queue_is_503_not_a_silent_200(infra: Infra):
+    stack = await Stack(infra).start()
+    try:
+        connection = await aio_pika.connect(infra.rabbitmq_url)
+        channel = await connection.channel()
+        await channel.queue_delete(Topology(stack.namespace).jobs_queue("groq"))
+        await connection.close()
+        res = await stack.chat("user-503", {"text": "anyone?", "provider": "groq"}, stream=False)
+        assert res.status == 503
+        assert res.json["code"] == "job_unroutable"
+        assert res.headers["Retry-After"]
+    finally:
+        await stack.stop()
