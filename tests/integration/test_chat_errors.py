@@ -127,7 +127,9 @@ async def test_provider_http_error_ends_in_error_event_and_is_saved(
     stack: Stack, directive: str, code: str, status_text: str
 ):
     res = await stack.chat("user-fail", {"text": f"boom {directive}", "provider": "groq"})
-    assert [e.event for e in res.events] == ["meta", "error"]
+    # Retried twice before the first token, each wait announced, then given up.
+    assert [e.event for e in res.events] == ["meta", "status", "status", "error"]
+    assert all("retrying" in e.data["message"] for e in res.of("status"))
     err = res.last.data
     assert err["type"] == "error" and err["code"] == code and status_text in err["error"]
     assert err["provider"] == "groq" and err["conversation_id"]
@@ -159,3 +161,14 @@ async def test_dropped_provider_connection_saves_partial_reply(stack: Stack):
     assert reply["role"] == "assistant" and reply["status"] == "error"
     assert reply["content"] == partial
     assert res.last.data["message_id"] == reply["_id"]
+
+
+async def test_429_before_first_token_is_retried_honouring_retry_after(stack: Stack):
+    text = "again [[sim:status=429]] [[sim:fail-times=1]] [[sim:retry-after=0]]"
+    res = await stack.chat("user-retry", {"text": text, "provider": "groq"})
+    kinds = [e.event for e in res.events]
+    assert kinds[:2] == ["meta", "status"] and kinds[-1] == "done"
+    assert "retrying in 0s" in res.events[1].data["message"]
+    assert res.last.data["reply"] == "Echo: again"
+    ids = [int(e.id or -1) for e in res.events]
+    assert ids == list(range(len(ids)))

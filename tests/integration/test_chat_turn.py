@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from parley_common.topology import Topology
 
+from tests.support.infra import Infra
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -127,3 +129,43 @@ async def test_mood_selects_a_different_system_prompt(stack: Stack):
         await stack.chat("user-mood", {"text": "hi", "provider": "groq", "mood": mood})
         prompts.append(stack.sim.requests[-1]["body"]["messages"][0]["content"])
     assert len(set(prompts)) == 3
+
+
+async def test_failing_provider_falls_back_along_the_chain(infra: Infra):
+    stack = await Stack(
+        infra, env={"worker": {"fallback_chain": "groq,openrouter", "provider_max_retries": 0}}
+    ).start()
+    try:
+        text = "hello [[sim:status=503]] [[sim:fail-only=groq]]"
+        res = await stack.chat("user-fb", {"text": text, "provider": "groq"})
+        assert [e.event for e in res.events[:2]] == ["meta", "status"]
+        assert "trying openrouter" in res.events[1].data["message"]
+        done = res.last.data
+        assert res.last.event == "done" and done["provider"] == "openrouter"
+        assert done["reply"] == "Echo: hello"
+        docs = await stack.messages_in_db(done["conversation_id"])
+        assert docs[-1]["provider"] == "openrouter" and docs[-1]["status"] == "complete"
+    finally:
+        await stack.stop()
+
+
+async def test_refused_key_falls_back_and_takes_provider_out_of_chain(infra: Infra):
+    stack = await Stack(
+        infra,
+        env={
+            "keys": {"groq_api_key": "invalid-key"},
+            "worker": {"fallback_chain": "openrouter,groq"},
+        },
+    ).start()
+    try:
+        res = await stack.chat("user-key", {"text": "hi", "provider": "groq"})
+        assert "auth_failed" in res.events[1].data["message"]
+        assert res.last.event == "done" and res.last.data["provider"] == "openrouter"
+        disabled = Topology(stack.namespace).provider_disabled("groq")
+        assert await stack.worker.redis.exists(disabled)  # type: ignore[union-attr]
+        # openrouter failing now has nowhere to go: groq is out of the chain.
+        text = "x [[sim:status=500]] [[sim:fail-only=openrouter]]"
+        res = await stack.chat("user-key", {"text": text, "provider": "openrouter"})
+        assert res.last.event == "error" and res.last.data["provider"] == "openrouter"
+    finally:
+        await stack.stop()

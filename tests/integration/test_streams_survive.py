@@ -8,12 +8,12 @@ import secrets
 import aio_pika
 import pytest
 from aiohttp import web
-
 from parley_common.jobs import JobRegistry
 from parley_common.schemas import MetaEvent
 from parley_common.schemas.events import encode_envelope
 from parley_common.topology import Topology
 from parley_gateway.app import create_app as create_gateway
+
 from tests.support.infra import Infra
 from tests.support.sse import iter_sse, parse_sse
 from tests.support.stack import Stack
@@ -93,11 +93,11 @@ async def test_resume_is_owner_only_and_unknown_jobs_are_404(stack: Stack):
     who = user()
     res = await stack.chat(who, {"text": "mine", "provider": "groq"})
     job_id = res.events[0].data["job_id"]
-    status, body = await resume(stack, user(), job_id)
+    status, _ = await resume(stack, user(), job_id)
     assert status == 403
-    status, body = await resume(stack, who, "job-" + "0" * 24)
+    status, _ = await resume(stack, who, "job-" + "0" * 24)
     assert status == 404
-    status, body = await resume(stack, who, "../../etc/passwd")
+    status, _ = await resume(stack, who, "../../etc/passwd")
     assert status == 404
 
 
@@ -141,7 +141,7 @@ async def test_disconnect_keeps_generating_and_saves_the_reply(stack: Stack):
     await anext(stream)
     resp.close()
     # Follow the job to its end from the replay log, then read the database.
-    status, events = await resume(stack, who, meta.data["job_id"], 0)
+    _, events = await resume(stack, who, meta.data["job_id"], 0)
     assert events[-1].event == "done"
     docs = await stack.messages_in_db(meta.data["conversation_id"])
     assert docs[-1]["status"] == "complete"

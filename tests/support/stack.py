@@ -99,8 +99,10 @@ class Stack:
         )
         runner, self.history_url = await _serve(create_history(self.history_settings))
         self._runners.append(runner)
+        worker_env: dict[str, Any] = {"provider_retry_base_seconds": 0.02}
+        worker_env |= self.env.get("worker", {})
         self.worker_settings = WorkerSettings(
-            **common, history_url=self.history_url, **keys, **self.env.get("worker", {})
+            **common, history_url=self.history_url, **keys, **worker_env
         )
         self.worker: Worker | None = None
         if self.start_worker:

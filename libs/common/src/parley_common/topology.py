@@ -77,5 +77,9 @@ class Topology:
     def idempotency(self, user_id: str, key: str) -> str:
         return self._n(f"chat:idem:{user_id}:{key}")
 
+    def provider_disabled(self, provider: str) -> str:
+        """Set while a provider is out of the fallback chain (e.g. its key was refused)."""
+        return self._n(f"provider:{provider}:disabled")
+
     def redis_prefix(self) -> str:
         return self._n("")

@@ -20,16 +20,16 @@ from parley_common.amqp import Exchanges, declare_exchanges, declare_job_queue, 
 from parley_common.events import JobEvents
 from parley_common.jobs import JobRegistry
 from parley_common.schemas import ChatJob, TurnResult, TurnStatus
-from parley_common.schemas.jobs import TURN_TYPE
+from parley_common.schemas.jobs import JOB_TYPE, TURN_TYPE
 from parley_common.topology import TURN_CANCELLED, TURN_COMPLETED, TURN_FAILED, Topology
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from parley_worker.metrics import IN_FLIGHT
+from parley_worker.metrics import FALLBACKS, IN_FLIGHT
 from parley_worker.providers.base import Provider, Timeouts
 from parley_worker.providers.registry import build_provider
 from parley_worker.settings import WorkerSettings
-from parley_worker.turn import TurnRunner
+from parley_worker.turn import Outcome, RetryPolicy, TurnRunner
 
 log = structlog.get_logger("parley_worker.consumer")
 
@@ -74,7 +74,15 @@ class Worker:
         events = JobEvents(self.redis, self.topo, s.replay_log_ttl)
         self._events = events
         self._registry = JobRegistry(self.redis, self.topo)
-        self._runner = TurnRunner(events, s.max_generation_seconds)
+        self._runner = TurnRunner(
+            events,
+            s.max_generation_seconds,
+            RetryPolicy(
+                max_retries=s.provider_max_retries,
+                base_seconds=s.provider_retry_base_seconds,
+                max_wait_seconds=s.provider_retry_max_wait,
+            ),
+        )
         pubsub = self.redis.pubsub()
         await pubsub.subscribe(self.topo.cancel_channel)
         self._cancel_listener = asyncio.create_task(self._listen_cancels(pubsub))
@@ -201,8 +209,9 @@ class Worker:
                 TurnStatus.cancelled,
                 error="the reply was cancelled",
                 code="cancelled",
+                last_seq=job.start_seq,
             )
-        start_seq = 0
+        start_seq = job.start_seq
         if redelivered:
             # An earlier attempt died. What it streamed has reached clients and cannot
             # be taken back, so a second attempt must not add another reply to it.
@@ -210,7 +219,7 @@ class Worker:
             if any(e.terminal for e in earlier):
                 log.info("job.already_finished")
                 return None
-            start_seq = max((e.seq for e in earlier), default=0)
+            start_seq = max((e.seq for e in earlier), default=start_seq)
             streamed = [e for e in earlier if e.type in ("assistant", "reasoning")]
             if streamed:
                 log.warning("job.redelivered_mid_reply", streamed_events=len(streamed))
@@ -227,7 +236,74 @@ class Worker:
                     code="worker_lost",
                     last_seq=start_seq,
                 )
-        return await self._runner.run(job, provider, cancel, start_seq=start_seq)
+        outcome = await self._runner.run(job, provider, cancel, start_seq=start_seq)
+        if await self._fall_back(job, provider.name, outcome):
+            return None
+        return outcome.result
+
+    async def _fall_back(self, job: ChatJob, provider_name: str, outcome: Outcome) -> bool:
+        """Hand a turn that failed before its first token to the next provider in
+        FALLBACK_CHAIN; True when it was handed on (its result will come from there)."""
+        failure = outcome.failure
+        if failure is None or outcome.streamed:
+            return False
+        assert self.redis is not None and self._runner is not None
+        if failure.code == "auth_failed":
+            await self.redis.set(
+                self.topo.provider_disabled(provider_name),
+                b"1",
+                ex=self.settings.provider_disable_seconds,
+            )
+            log.warning("provider.disabled", seconds=self.settings.provider_disable_seconds)
+        elif not failure.retryable:
+            return False
+        tried = {*job.fallback_from, provider_name}
+        chain = self.settings.fallback_providers()
+        if provider_name in chain:
+            chain = chain[chain.index(provider_name) + 1 :] + chain[: chain.index(provider_name)]
+        available = set(self.settings.available_providers())
+        for candidate in chain:
+            if candidate in tried or candidate not in available:
+                continue
+            if await self.redis.exists(self.topo.provider_disabled(candidate)):
+                continue
+            seq = outcome.result.last_seq + 1
+            await self._runner.announce(
+                job, seq, f"{provider_name} is unavailable ({failure.code}); trying {candidate}"
+            )
+            handed = job.model_copy(
+                update={
+                    "provider": candidate,
+                    "fallback_from": [*job.fallback_from, provider_name],
+                    "start_seq": seq,
+                }
+            )
+            await self._publish_job(handed)
+            FALLBACKS.labels(provider=provider_name, to=candidate).inc()
+            log.info("job.fallback", to=candidate)
+            return True
+        return False
+
+    async def _publish_job(self, job: ChatJob) -> None:
+        assert self._exchanges is not None
+        await self._exchanges.jobs.publish(
+            aio_pika.Message(
+                body=job.model_dump_json().encode(),
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=job.job_id,
+                correlation_id=job.conversation_id,
+                type=JOB_TYPE,
+                headers={
+                    "request_id": job.request_id,
+                    "schema_version": job.v,
+                    "user_id": job.user_id,
+                    "provider": job.provider,
+                },
+            ),
+            routing_key=job.provider,
+            mandatory=True,
+        )
 
     async def _publish_result(self, result: TurnResult) -> None:
         assert self._exchanges is not None

@@ -9,3 +9,7 @@ TURN_SECONDS = Histogram(
 )
 TOKENS = Counter("parley_worker_tokens_total", "Provider tokens", ["provider", "kind"])
 IN_FLIGHT = Gauge("parley_worker_turns_in_flight", "Turns being generated", ["provider"])
+RETRIES = Counter("parley_worker_retries_total", "Provider calls retried", ["provider"])
+FALLBACKS = Counter(
+    "parley_worker_fallbacks_total", "Turns handed to the next provider", ["provider", "to"]
+)

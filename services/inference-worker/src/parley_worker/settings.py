@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from parley_common.providers import ProviderSettings
+from parley_common.topology import PROVIDERS
 from pydantic import Field
 
 
@@ -16,5 +17,18 @@ class WorkerSettings(ProviderSettings):
     provider_idle_timeout: float = Field(default=60.0, gt=0)
     # The longest one generation may take, start to finish.
     max_generation_seconds: float = Field(default=300.0, gt=0)
+    # Retries of a provider call that failed before its first token (429, 5xx, network).
+    provider_max_retries: int = Field(default=2, ge=0, le=10)
+    provider_retry_base_seconds: float = Field(default=1.0, ge=0)
+    provider_retry_max_wait: float = Field(default=20.0, ge=0)
+    # Comma-separated providers to fall back along when one keeps failing before
+    # its first token, e.g. "claude,google,openrouter,ollama". Empty: no fallback.
+    fallback_chain: str = ""
+    # How long a provider whose key was refused stays out of the fallback chain.
+    provider_disable_seconds: int = Field(default=300, ge=1)
     # On SIGTERM, how long running turns may take to finish before being failed.
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+
+    def fallback_providers(self) -> list[str]:
+        names = [p.strip() for p in self.fallback_chain.split(",") if p.strip()]
+        return [p for p in names if p in PROVIDERS]

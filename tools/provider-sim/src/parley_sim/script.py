@@ -12,6 +12,7 @@ Directives are `[[sim:NAME]]` or `[[sim:NAME=VALUE]]` anywhere in the text:
 | `delay-ms=N`         | wait N ms before each chunk                                   |
 | `hang`               | send the response headers, then nothing                       |
 | `tokens=N`           | answer with N generated words                                 |
+| `fail-only=NAME`     | with `status`, fail only on that route (`groq` = `/openai/v1`, `openrouter` = `/api/v1`, `openai` = `/v1`) |
 
 Without directives the reply is `Echo: <text>` (directives removed), streamed
 word by word, so tests know exactly what to expect.
@@ -36,6 +37,7 @@ class Script:
     delay_ms: int = 0
     hang: bool = False
     tokens: int | None = None
+    fail_only: str | None = None
 
     def reply(self) -> str:
         if self.tokens is not None:
@@ -63,6 +65,7 @@ def parse_script(text: str) -> Script:
         delay_ms=num("delay-ms") or 0,
         hang="hang" in found,
         tokens=num("tokens"),
+        fail_only=found.get("fail-only") or None,
     )
 
 

@@ -47,6 +47,10 @@ class ChatJob(_Wire):
     created_at: datetime
     # Epoch seconds after which the job must not be started.
     deadline: float
+    # Providers that already failed this turn before its first token (fallback).
+    fallback_from: list[str] = Field(default_factory=list)
+    # The job's events so far end at this sequence number (a fallback continues them).
+    start_seq: int = Field(default=0, ge=0)
 
 
 class TurnStatus(StrEnum):
