@@ -6,6 +6,10 @@
   `stream_options.include_usage` is set; errors as `{"error": {...}}` bodies.
 - OpenAI Responses: `POST /v1/responses`, `stream: true` as typed SSE events
   (`response.created` … `response.completed`).
+- Anthropic Messages, Gemini and Ollama: see `anthropic.py`, `gemini.py`, `ollama.py`.
+
+An image in the last user message is acknowledged in the echo reply
+(`Echo: <text> [image: image/png, 68 bytes]`, see `media.py`).
 
 Every request is recorded (`GET /_sim/requests`), so tests can check what a
 provider was sent.
@@ -23,6 +27,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from parley_sim.media import openai_images, reply_text
 from parley_sim.script import Script, approx_tokens, parse_script, words
 
 
@@ -134,7 +139,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     model = body.get("model", "sim-model")
     cid = f"chatcmpl-{secrets.token_hex(8)}"
     created = int(time.time())
-    reply = script.reply()
+    reply = reply_text(script, openai_images(messages))
     prompt_tokens = sum(approx_tokens(str(m.get("content", ""))) for m in messages)
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
@@ -246,7 +251,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
     model = body.get("model", "sim-model")
     rid = f"resp_{secrets.token_hex(8)}"
     msg_id = f"msg_{secrets.token_hex(8)}"
-    reply = script.reply()
+    reply = reply_text(script, openai_images(body.get("input")))
     created = int(time.time())
     seq = 0
 
@@ -404,6 +409,12 @@ def create_app() -> web.Application:
     for prefix in ("/v1", "/openai/v1", "/api/v1"):
         app.router.add_post(f"{prefix}/chat/completions", chat_completions)
         app.router.add_post(f"{prefix}/responses", responses)
+    # Imported here: these modules reuse this one's helpers.
+    from parley_sim import anthropic, gemini, ollama
+
+    anthropic.register(app)
+    gemini.register(app)
+    ollama.register(app)
     app.router.add_get("/_sim/requests", list_requests)
     app.router.add_delete("/_sim/requests", clear_requests)
     return app
