@@ -17,7 +17,9 @@ from parley_common.topology import Topology
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pymongo.uri_parser import parse_uri
 
+from parley_history import handlers
 from parley_history.consumer import TurnConsumer
+from parley_history.context import AUTH_CHECK, REQUEST_ID_HEADER, STORE, USER_HEADER, user_of
 from parley_history.errors import BadRequest, HistoryError
 from parley_history.metrics import TURNS_BEGUN
 from parley_history.settings import HistorySettings
@@ -26,10 +28,7 @@ from parley_history.store import Store, open_client
 log = structlog.get_logger("parley_history.app")
 
 SETTINGS = web.AppKey("settings", HistorySettings)
-STORE = web.AppKey("store", Store)
-
-USER_HEADER = "X-Parley-User"
-REQUEST_ID_HEADER = "X-Request-ID"
+__all__ = ["AUTH_CHECK", "REQUEST_ID_HEADER", "SETTINGS", "STORE", "USER_HEADER", "create_app"]
 
 
 class BeginTurn(BaseModel):
@@ -74,13 +73,6 @@ class ServiceAuth:
             )
 
 
-def user_of(request: web.Request) -> str:
-    user = request.headers.get(USER_HEADER, "")
-    if not user:
-        raise BadRequest(f"{USER_HEADER} header is required")
-    return user
-
-
 async def begin_turn(request: web.Request) -> web.Response:
     request.app[AUTH_CHECK](request)
     user = user_of(request)
@@ -114,9 +106,6 @@ async def begin_turn(request: web.Request) -> web.Response:
         },
         status=201 if turn.created else 200,
     )
-
-
-AUTH_CHECK = web.AppKey("auth_check", ServiceAuth)
 
 
 def _database_name(settings: HistorySettings) -> str:
@@ -162,6 +151,7 @@ def create_app(settings: HistorySettings) -> web.Application:
     app.cleanup_ctx.append(_mongo_ctx)
     app.cleanup_ctx.append(_consumer_ctx)
     app.router.add_post("/internal/v1/turns", begin_turn)
+    handlers.add_routes(app)
 
     async def mongo_ready() -> object:
         return await app[STORE].db.command("ping")

@@ -25,3 +25,8 @@ class Forbidden(HistoryError):
 class NotFound(HistoryError):
     status = 404
     code = "not_found"
+
+
+class Conflict(HistoryError):
+    status = 409
+    code = "conflict"

@@ -1,16 +1,20 @@
-"""Conversations and messages in MongoDB (PyMongo's async API).
+"""Conversations, messages, folders and user settings in MongoDB (PyMongo's async API).
 
-Collections:
+Collections (docs/history-schema.md has the full schema and the reasons):
 - `conversations`: `_id` (the conversation id), `user_id`, `channel`, `title`,
   `folder_id`, `created_at`, `updated_at`, `next_seq`.
 - `messages`: `_id` (message id), `conversation_id`, `user_id`, `seq`, `role`,
   `content`, `status`, `provider`, `model`, `reasoning`, `usage`, `job_id`,
   `image`, `error`, `created_at`.
+- `folders`: `_id` (`fld-<random>`), `user_id`, `name`, `created_at`, `updated_at`.
+- `user_settings`: `_id` (the user id), `default_provider`, `updated_at`.
 
 Messages are ordered by `seq`, taken from the conversation's `next_seq` counter
 with one atomic `$inc`, so concurrent appends keep a total order. Message ids are
 derived from the job id (`msg-<job_id>-u` / `-a`), which makes both writes of a
 turn idempotent: a redelivered turn event meets a duplicate key, not a second copy.
+
+Ownership is always decided by the stored `user_id`, never by parsing an id.
 """
 
 from __future__ import annotations
@@ -24,17 +28,47 @@ from typing import Any
 from parley_common.schemas import ContextMessage, ImageRef, TurnResult
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, OperationFailure
 
-from parley_history.errors import Forbidden, NotFound
+from parley_history.errors import Conflict, Forbidden, NotFound
 
 Doc = dict[str, Any]
 
 TITLE_MAX = 80
+# A user's folders are listed whole (no cursor), so their number is bounded.
+MAX_FOLDERS = 200
+# `skip` beyond this is the same as "keep everything"; keeps the value inside int64.
+_SKIP_MAX = 2**62
+# Index names of earlier releases that a newer index replaces (dropped at start-up).
+_RETIRED_INDEXES = {"conversations": ("by_user_channel_updated",)}
+# Projection of the conversation fields the API shows.
+_CONVERSATION_FIELDS = {
+    "user_id": 1,
+    "channel": 1,
+    "title": 1,
+    "folder_id": 1,
+    "created_at": 1,
+    "updated_at": 1,
+}
+_MESSAGE_FIELDS = {
+    "role": 1,
+    "content": 1,
+    "created_at": 1,
+    "status": 1,
+    "provider": 1,
+    "model": 1,
+    "reasoning": 1,
+    "usage": 1,
+    "seq": 1,
+}
 
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+def new_folder_id() -> str:
+    return f"fld-{secrets.token_urlsafe(12)}"
 
 
 def new_conversation_id(user_id: str, channel: str) -> str:
@@ -62,18 +96,57 @@ class BegunTurn:
     context: list[ContextMessage]
 
 
+@dataclass(frozen=True, slots=True)
+class ConversationKey:
+    """A position in the conversation list (newest-updated first, then by id)."""
+
+    updated_at: datetime
+    conversation_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """Up to `limit` documents and whether more follow them."""
+
+    docs: list[Doc]
+    more: bool
+
+
+class Unset:
+    """Marks a field that a partial update leaves as it is."""
+
+
+UNSET = Unset()
+
+
 class Store:
     def __init__(self, db: AsyncDatabase[Doc], context_messages: int = 40) -> None:
         self.db = db
         self.conversations = db["conversations"]
         self.messages = db["messages"]
+        self.folders = db["folders"]
+        self.settings = db["user_settings"]
         self.context_messages = context_messages
 
     async def ensure_indexes(self) -> None:
-        """Idempotent: create_index with the same spec is a no-op."""
+        """Idempotent: create_index with the same spec is a no-op; retired indexes go."""
         await self.conversations.create_index(
-            [("user_id", ASCENDING), ("channel", ASCENDING), ("updated_at", DESCENDING)],
-            name="by_user_channel_updated",
+            [
+                ("user_id", ASCENDING),
+                ("channel", ASCENDING),
+                ("updated_at", DESCENDING),
+                ("_id", DESCENDING),
+            ],
+            name="by_user_channel_updated_id",
+        )
+        await self.conversations.create_index(
+            [
+                ("user_id", ASCENDING),
+                ("folder_id", ASCENDING),
+                ("updated_at", DESCENDING),
+                ("_id", DESCENDING),
+            ],
+            name="by_user_folder_updated_id",
         )
         await self.messages.create_index(
             [("conversation_id", ASCENDING), ("seq", ASCENDING)],
@@ -81,6 +154,17 @@ class Store:
             unique=True,
         )
         await self.messages.create_index([("job_id", ASCENDING)], name="by_job")
+        await self.folders.create_index(
+            [("user_id", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)],
+            name="by_user_created",
+        )
+        for collection, names in _RETIRED_INDEXES.items():
+            for name in names:
+                try:
+                    await self.db[collection].drop_index(name)
+                except OperationFailure as exc:
+                    if exc.code not in (26, 27):  # NamespaceNotFound, IndexNotFound: gone
+                        raise
 
     async def owned_conversation(self, user_id: str, conversation_id: str) -> Doc:
         conv = await self.conversations.find_one({"_id": conversation_id})
@@ -172,10 +256,9 @@ class Store:
             }
             if image is not None:
                 doc["image"] = {"mime": image.mime, "data_base64": image.data_base64}
-            try:
+            # The same turn begun twice (a retried request): one message.
+            with contextlib.suppress(DuplicateKeyError):
                 await self.messages.insert_one(doc)
-            except DuplicateKeyError:
-                pass  # the same turn begun twice (a retried request): one message
         context = await self.context(conversation_id)
         return BegunTurn(conversation_id, msg_id, created, context)
 
@@ -229,6 +312,191 @@ class Store:
         with contextlib.suppress(DuplicateKeyError):
             await self.messages.insert_one(doc)
         return msg_id
+
+    # --- conversations ------------------------------------------------------
+    async def list_conversations(
+        self,
+        user_id: str,
+        *,
+        channel: str,
+        limit: int,
+        before: ConversationKey | None = None,
+        folder_id: str | None = None,
+    ) -> Page:
+        """Newest-updated first (ties by id, descending), strictly after `before`."""
+        query: Doc = {"user_id": user_id, "channel": channel}
+        if folder_id is not None:
+            query["folder_id"] = folder_id
+        if before is not None:
+            query["$or"] = [
+                {"updated_at": {"$lt": before.updated_at}},
+                {"updated_at": before.updated_at, "_id": {"$lt": before.conversation_id}},
+            ]
+        cursor = (
+            self.conversations.find(query, _CONVERSATION_FIELDS)
+            .sort([("updated_at", DESCENDING), ("_id", DESCENDING)])
+            .limit(limit + 1)
+        )
+        docs = await cursor.to_list()
+        return Page(docs[:limit], len(docs) > limit)
+
+    async def update_conversation(
+        self,
+        user_id: str,
+        conversation_id: str,
+        *,
+        title: str | Unset = UNSET,
+        folder_id: str | Unset | None = UNSET,
+    ) -> Doc:
+        """Rename and/or move into (a folder id) or out of (None) a folder.
+
+        Neither changes `updated_at`: the list stays ordered by conversation activity.
+        """
+        await self.owned_conversation(user_id, conversation_id)
+        changes: Doc = {}
+        if not isinstance(title, Unset):
+            changes["title"] = title
+        if not isinstance(folder_id, Unset):
+            if folder_id is not None:
+                await self._owned_folder(user_id, folder_id)
+            changes["folder_id"] = folder_id
+        if changes:
+            await self.conversations.update_one(
+                {"_id": conversation_id, "user_id": user_id}, {"$set": changes}
+            )
+        if isinstance(folder_id, str) and await self.folders.find_one({"_id": folder_id}) is None:
+            # The folder was deleted between the check and the move: its delete unfiles
+            # what it finds, and this unfiles what it could not yet find.
+            await self.conversations.update_one(
+                {"_id": conversation_id, "folder_id": folder_id}, {"$set": {"folder_id": None}}
+            )
+        return await self.owned_conversation(user_id, conversation_id)
+
+    async def delete_conversation(self, user_id: str, conversation_id: str) -> int:
+        """Delete the conversation, then its messages (images are stored inside them).
+
+        The conversation goes first: a reply still being generated then finds no
+        `next_seq` to take and is not saved, so it cannot bring the conversation back.
+        Returns the number of messages deleted.
+        """
+        await self.owned_conversation(user_id, conversation_id)
+        gone = await self.conversations.delete_one({"_id": conversation_id, "user_id": user_id})
+        if gone.deleted_count == 0:
+            raise NotFound("conversation not found")  # deleted by a concurrent request
+        result = await self.messages.delete_many({"conversation_id": conversation_id})
+        return int(result.deleted_count)
+
+    async def truncate(self, user_id: str, conversation_id: str, keep_count: int) -> int:
+        """Keep the newest `keep_count` messages; return how many were deleted.
+
+        Two bounded operations on the `(conversation_id, seq)` index: find the seq of
+        the oldest message to keep (skipping `keep_count - 1` index keys from the newest),
+        then delete everything below it. Messages appended meanwhile have higher seqs
+        and are never touched.
+        """
+        await self.owned_conversation(user_id, conversation_id)
+        query: Doc = {"conversation_id": conversation_id}
+        if keep_count > 0:
+            boundary = await (
+                self.messages.find(query, {"seq": 1, "_id": 0})
+                .sort("seq", DESCENDING)
+                .skip(min(keep_count - 1, _SKIP_MAX))
+                .limit(1)
+                .to_list()
+            )
+            if not boundary:
+                return 0  # fewer than keep_count messages: nothing to delete
+            query["seq"] = {"$lt": boundary[0]["seq"]}
+        result = await self.messages.delete_many(query)
+        return int(result.deleted_count)
+
+    # --- messages -------------------------------------------------------------
+    async def list_messages(
+        self, user_id: str, conversation_id: str, *, limit: int, before_seq: int | None = None
+    ) -> Page:
+        """The newest `limit` messages below `before_seq`, oldest first."""
+        await self.owned_conversation(user_id, conversation_id)
+        query: Doc = {"conversation_id": conversation_id}
+        if before_seq is not None:
+            query["seq"] = {"$lt": before_seq}
+        docs = await (
+            self.messages.find(query, _MESSAGE_FIELDS)
+            .sort("seq", DESCENDING)
+            .limit(limit + 1)
+            .to_list()
+        )
+        more = len(docs) > limit
+        docs = docs[:limit]
+        docs.reverse()
+        return Page(docs, more)
+
+    # --- folders --------------------------------------------------------------
+    async def _owned_folder(self, user_id: str, folder_id: str) -> Doc:
+        folder = await self.folders.find_one({"_id": folder_id})
+        if folder is None:
+            raise NotFound("folder not found")
+        if folder["user_id"] != user_id:
+            raise Forbidden("folder belongs to another user")
+        return folder
+
+    async def list_folders(self, user_id: str) -> list[Doc]:
+        """Oldest first: the order in which the user created them."""
+        cursor = self.folders.find({"user_id": user_id}).sort(
+            [("created_at", ASCENDING), ("_id", ASCENDING)]
+        )
+        return await cursor.to_list(MAX_FOLDERS + 1)
+
+    async def create_folder(self, user_id: str, name: str) -> Doc:
+        if await self.folders.count_documents({"user_id": user_id}) >= MAX_FOLDERS:
+            raise Conflict(f"folders: at most {MAX_FOLDERS} per user")
+        ts = now()
+        doc: Doc = {
+            "_id": new_folder_id(),
+            "user_id": user_id,
+            "name": name,
+            "created_at": ts,
+            "updated_at": ts,
+        }
+        await self.folders.insert_one(doc)
+        return await self._owned_folder(user_id, doc["_id"])
+
+    async def rename_folder(self, user_id: str, folder_id: str, name: str) -> Doc:
+        await self._owned_folder(user_id, folder_id)
+        folder = await self.folders.find_one_and_update(
+            {"_id": folder_id, "user_id": user_id},
+            {"$set": {"name": name, "updated_at": now()}},
+            return_document=ReturnDocument.AFTER,
+        )
+        if folder is None:
+            raise NotFound("folder not found")
+        return folder
+
+    async def delete_folder(self, user_id: str, folder_id: str) -> int:
+        """Delete the folder, then unfile its conversations; returns how many were unfiled."""
+        await self._owned_folder(user_id, folder_id)
+        gone = await self.folders.delete_one({"_id": folder_id, "user_id": user_id})
+        if gone.deleted_count == 0:
+            raise NotFound("folder not found")
+        result = await self.conversations.update_many(
+            {"user_id": user_id, "folder_id": folder_id}, {"$set": {"folder_id": None}}
+        )
+        return int(result.modified_count)
+
+    # --- user settings --------------------------------------------------------
+    async def get_settings(self, user_id: str) -> Doc:
+        doc = await self.settings.find_one({"_id": user_id})
+        return doc or {"_id": user_id, "default_provider": None, "updated_at": None}
+
+    async def put_settings(self, user_id: str, *, default_provider: str | None) -> Doc:
+        doc = await self.settings.find_one_and_update(
+            {"_id": user_id},
+            {"$set": {"default_provider": default_provider, "updated_at": now()}},
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+        )
+        if doc is None:  # an upsert that returns the document after never gives None
+            raise NotFound("settings not found")
+        return doc
 
 
 def open_client(url: str) -> AsyncMongoClient[Doc]:

@@ -3,18 +3,102 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, TypeVar
+from urllib.parse import quote
 
 import aiohttp
 import structlog
 from parley_common.schemas import ContextMessage, ImageRef
-from pydantic import TypeAdapter
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from yarl import URL
 
-from parley_gateway.errors import ApiError, BadRequest, Forbidden, NotFound, Unavailable
+from parley_gateway.errors import (
+    ApiError,
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    Unavailable,
+)
 
 log = structlog.get_logger("parley_gateway.history")
 
 _MESSAGES = TypeAdapter(list[ContextMessage])
+
+
+def _seg(value: str) -> str:
+    """One path segment: ids hold `:` and may hold `/`, `%`, `?`; history decodes them."""
+    return quote(value, safe="")
+
+
+class _Reply(BaseModel):
+    """What history answers; tolerant of fields a newer history adds."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Conversation(_Reply):
+    id: str
+    user_id: str
+    channel: str
+    created_at: str
+    updated_at: str
+    folder_id: str | None
+    title: str
+
+
+class ConversationPage(_Reply):
+    conversations: list[Conversation]
+    next_before: str | None
+
+
+class MessageUsage(_Reply):
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+class Message(_Reply):
+    id: str
+    role: Literal["system", "user", "assistant"]
+    content: str
+    created_at: str
+    status: Literal["complete", "cancelled", "error"]
+    provider: str | None = None
+    model: str | None = None
+    reasoning: str | None = None
+    usage: MessageUsage | None = None
+
+
+class MessagePage(_Reply):
+    conversation_id: str
+    messages: list[Message]
+    next_before: str | None
+
+
+class Truncated(_Reply):
+    ok: bool
+    conversation_id: str
+    keep_count: int
+    deleted: int
+
+
+class Folder(_Reply):
+    id: str
+    user_id: str
+    name: str
+    created_at: str
+    updated_at: str
+
+
+class FolderList(_Reply):
+    folders: list[Folder]
+
+
+class UserSettings(_Reply):
+    default_provider: str | None = None
+
+
+_R = TypeVar("_R", bound=_Reply)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +137,7 @@ class HistoryClient:
         try:
             async with self._session.request(
                 method,
-                f"{self._base}{path}",
+                URL(f"{self._base}{path}", encoded=True),
                 json=json,
                 params=params,
                 headers=self._headers(user_id, request_id),
@@ -72,6 +156,8 @@ class HistoryClient:
                 raise Forbidden(message)
             if status == 404:
                 raise NotFound(message)
+            if status == 409:
+                raise Conflict(message)
             if status >= 500:
                 raise Unavailable("conversation history is unavailable", code="history_down")
             err = ApiError(message)
@@ -109,4 +195,167 @@ class HistoryClient:
             conversation_id=body["conversation_id"],
             user_message_id=body["user_message_id"],
             context=_MESSAGES.validate_python(body["messages"]),
+        )
+
+    async def _call(
+        self,
+        model: type[_R],
+        method: str,
+        path: str,
+        *,
+        user_id: str,
+        request_id: str,
+        json: Any = None,
+        params: dict[str, str] | None = None,
+    ) -> _R:
+        _, body = await self.request(
+            method, path, user_id=user_id, request_id=request_id, json=json, params=params
+        )
+        try:
+            return model.model_validate(body)
+        except ValidationError as exc:
+            log.error("history.bad_reply", path=path.split("?")[0], errors=exc.error_count())
+            raise Unavailable("conversation history answered badly", code="history_down") from exc
+
+    async def list_conversations(
+        self,
+        *,
+        user_id: str,
+        request_id: str,
+        channel: str,
+        limit: int,
+        before: str | None,
+        folder_id: str | None,
+    ) -> ConversationPage:
+        params = {"channel": channel, "limit": str(limit)}
+        if before is not None:
+            params["before"] = before
+        if folder_id is not None:
+            params["folder_id"] = folder_id
+        return await self._call(
+            ConversationPage,
+            "GET",
+            "/internal/v1/conversations",
+            user_id=user_id,
+            request_id=request_id,
+            params=params,
+        )
+
+    async def get_conversation(
+        self, *, user_id: str, request_id: str, conversation_id: str
+    ) -> Conversation:
+        return await self._call(
+            Conversation,
+            "GET",
+            f"/internal/v1/conversations/{_seg(conversation_id)}",
+            user_id=user_id,
+            request_id=request_id,
+        )
+
+    async def update_conversation(
+        self, *, user_id: str, request_id: str, conversation_id: str, changes: dict[str, Any]
+    ) -> Conversation:
+        """`changes` holds `title` and/or `folder_id` (None moves it out of its folder)."""
+        return await self._call(
+            Conversation,
+            "PATCH",
+            f"/internal/v1/conversations/{_seg(conversation_id)}",
+            user_id=user_id,
+            request_id=request_id,
+            json=changes,
+        )
+
+    async def delete_conversation(
+        self, *, user_id: str, request_id: str, conversation_id: str
+    ) -> None:
+        await self.request(
+            "DELETE",
+            f"/internal/v1/conversations/{_seg(conversation_id)}",
+            user_id=user_id,
+            request_id=request_id,
+        )
+
+    async def truncate(
+        self, *, user_id: str, request_id: str, conversation_id: str, keep_count: int
+    ) -> Truncated:
+        return await self._call(
+            Truncated,
+            "POST",
+            f"/internal/v1/conversations/{_seg(conversation_id)}/truncate",
+            user_id=user_id,
+            request_id=request_id,
+            json={"keep_count": keep_count},
+        )
+
+    async def list_messages(
+        self,
+        *,
+        user_id: str,
+        request_id: str,
+        conversation_id: str,
+        limit: int,
+        before: str | None,
+    ) -> MessagePage:
+        params = {"limit": str(limit)}
+        if before is not None:
+            params["before"] = before
+        return await self._call(
+            MessagePage,
+            "GET",
+            f"/internal/v1/conversations/{_seg(conversation_id)}/messages",
+            user_id=user_id,
+            request_id=request_id,
+            params=params,
+        )
+
+    async def list_folders(self, *, user_id: str, request_id: str) -> FolderList:
+        return await self._call(
+            FolderList, "GET", "/internal/v1/folders", user_id=user_id, request_id=request_id
+        )
+
+    async def create_folder(self, *, user_id: str, request_id: str, name: str) -> Folder:
+        return await self._call(
+            Folder,
+            "POST",
+            "/internal/v1/folders",
+            user_id=user_id,
+            request_id=request_id,
+            json={"name": name},
+        )
+
+    async def rename_folder(
+        self, *, user_id: str, request_id: str, folder_id: str, name: str
+    ) -> Folder:
+        return await self._call(
+            Folder,
+            "PATCH",
+            f"/internal/v1/folders/{_seg(folder_id)}",
+            user_id=user_id,
+            request_id=request_id,
+            json={"name": name},
+        )
+
+    async def delete_folder(self, *, user_id: str, request_id: str, folder_id: str) -> None:
+        await self.request(
+            "DELETE",
+            f"/internal/v1/folders/{_seg(folder_id)}",
+            user_id=user_id,
+            request_id=request_id,
+        )
+
+    async def get_settings(self, user_id: str, request_id: str) -> UserSettings:
+        return await self._call(
+            UserSettings, "GET", "/internal/v1/settings", user_id=user_id, request_id=request_id
+        )
+
+    async def put_settings(
+        self, *, user_id: str, request_id: str, default_provider: str | None
+    ) -> UserSettings:
+        return await self._call(
+            UserSettings,
+            "PUT",
+            "/internal/v1/settings",
+            user_id=user_id,
+            request_id=request_id,
+            json={"default_provider": default_provider},
         )
