@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import secrets
+import socket
 
 import aio_pika
 import pytest
+import structlog
 from aiohttp import web
 from parley_common.jobs import JobRegistry
 from parley_common.schemas import MetaEvent
@@ -270,3 +274,70 @@ async def test_publish_with_no_queue_is_503_not_a_silent_200(infra: Infra):
         assert res.headers["Retry-After"]
     finally:
         await stack.stop()
+
+
+async def _open_stalled_client(url: str, token: str, text: str) -> socket.socket:
+    """A client that sends its request, reads the response headers, then stops reading."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, (host, int(port)))
+    body = json.dumps({"text": text, "provider": "groq"}).encode()
+    head = (
+        f"POST /api/chat/stream HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    await loop.sock_sendall(sock, head + body)
+    first = await loop.sock_recv(sock, 1024)
+    assert first.startswith(b"HTTP/1.1 200")
+    return sock
+
+
+async def test_slow_reader_is_cut_off_without_slowing_others_and_can_resume(infra: Infra):
+    stack = await Stack(
+        infra, env={"gateway": {"sse_send_timeout": 1.0, "stream_buffer_events": 16}}
+    ).start()
+    try:
+        who = user()
+        big = "[[sim:tokens=400]] [[sim:chunk-bytes=16000]]"  # about 6.4 MB of events
+        with structlog.testing.capture_logs() as logs:
+            sock = await _open_stalled_client(stack.url, stack.token(who), big)
+            try:
+                # Another stream on the same gateway is served while that client stalls.
+                other = await stack.chat(user(), {"text": "not blocked", "provider": "groq"})
+                assert other.last.event == "done"
+                # The stalled turn is generated and saved all the same, and resumable.
+                job_id = await _job_of(stack, who)
+                status, events = await resume(stack, who, job_id, 0)
+                assert status == 200 and events[-1].event == "done"
+                assert len(events[-1].data["reply"]) > 6_000_000
+                # The gateway gave up on the stalled client...
+                async with asyncio.timeout(20):
+                    while not any(
+                        e["event"] == "stream.client_gone" and e.get("job_id") == job_id
+                        for e in logs
+                    ):
+                        await asyncio.sleep(0.05)  # polling the captured log lines
+                # ...long before it had sent the whole reply.
+                received = 0
+                with contextlib.suppress(BlockingIOError, ConnectionResetError):
+                    while chunk := sock.recv(1 << 20):
+                        received += len(chunk)
+                assert received < 6_000_000
+            finally:
+                sock.close()
+    finally:
+        await stack.stop()
+
+
+async def _job_of(stack: Stack, who: str) -> str:
+    """The only job this user started, read from the registry's meta keys."""
+    redis = stack.worker.redis  # type: ignore[union-attr]
+    prefix = Topology(stack.namespace).job_meta("")
+    async for key in redis.scan_iter(match=f"{prefix[:-5]}*:meta"):
+        meta = await redis.hgetall(key)
+        if meta.get(b"user_id") == who.encode():
+            return str(key.decode().split(":")[-2])
+    raise AssertionError("no job found")

@@ -33,7 +33,9 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     topo = Topology(settings.parley_namespace)
     session = aiohttp.ClientSession()
-    redis = aioredis.from_url(settings.redis_url.get_secret_value())
+    redis = aioredis.from_url(
+        settings.redis_url.get_secret_value(), client_name=f"{settings.parley_namespace}gateway"
+    )
     connection = await aio_pika.connect_robust(settings.rabbitmq_url.get_secret_value())
     try:
         publisher = JobPublisher(connection, topo)

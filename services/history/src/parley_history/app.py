@@ -9,9 +9,15 @@ import aio_pika
 import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
-from parley_common.amqp import declare_exchanges, declare_history_queue, open_channel
+from parley_common.amqp import (
+    declare_dead_jobs_queue,
+    declare_exchanges,
+    declare_history_queue,
+    open_channel,
+)
 from parley_common.events import JobEvents
 from parley_common.http import add_probe_routes
+from parley_common.jobs import JobRegistry
 from parley_common.schemas import ImageRef
 from parley_common.topology import Topology
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -131,12 +137,17 @@ async def _consumer_ctx(app: web.Application) -> AsyncIterator[None]:
     channel = await open_channel(connection, prefetch=settings.history_prefetch)
     exchanges = await declare_exchanges(channel, topo)
     queue = await declare_history_queue(channel, topo, exchanges)
-    consumer = TurnConsumer(app[STORE], JobEvents(redis, topo, settings.replay_log_ttl))
+    consumer = TurnConsumer(
+        app[STORE], JobEvents(redis, topo, settings.replay_log_ttl), JobRegistry(redis, topo)
+    )
     tag = await queue.consume(consumer.on_message)
+    dead_queue = await declare_dead_jobs_queue(channel, topo, exchanges)
+    dead_tag = await dead_queue.consume(consumer.on_dead_letter)
     app[_PINGS] = (redis, connection)
     log.info("history.consuming", queue=queue.name)
     yield
     await queue.cancel(tag)
+    await dead_queue.cancel(dead_tag)
     await connection.close()
     await redis.aclose()
 

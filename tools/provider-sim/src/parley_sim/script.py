@@ -12,6 +12,7 @@ Directives are `[[sim:NAME]]` or `[[sim:NAME=VALUE]]` anywhere in the text:
 | `delay-ms=N`         | wait N ms before each chunk                                   |
 | `hang`               | send the response headers, then nothing                       |
 | `tokens=N`           | answer with N generated words                                 |
+| `chunk-bytes=N`      | with `tokens`, pad each generated word to N bytes              |
 | `fail-only=NAME`     | with `status`, fail only on that route (`groq` = `/openai/v1`, `openrouter` = `/api/v1`, `openai` = `/v1`) |
 
 Without directives the reply is `Echo: <text>` (directives removed), streamed
@@ -38,10 +39,12 @@ class Script:
     hang: bool = False
     tokens: int | None = None
     fail_only: str | None = None
+    chunk_bytes: int | None = None
 
     def reply(self) -> str:
         if self.tokens is not None:
-            return " ".join(f"word{i}" for i in range(self.tokens))
+            pad = self.chunk_bytes or 0
+            return " ".join(f"word{i}".ljust(pad, "x") for i in range(self.tokens))
         return f"Echo: {self.text}"
 
     def reasoning_text(self) -> str:
@@ -66,6 +69,7 @@ def parse_script(text: str) -> Script:
         hang="hang" in found,
         tokens=num("tokens"),
         fail_only=found.get("fail-only") or None,
+        chunk_bytes=num("chunk-bytes"),
     )
 
 

@@ -38,6 +38,8 @@ class SimState:
     # Streams whose client went away before the end (cancel tests).
     closed_early: int = 0
     open_streams: int = 0
+    # Set whenever a client closes a stream before its end.
+    stream_closed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 STATE = web.AppKey("state", SimState)
@@ -65,8 +67,19 @@ def _last_user_text(messages: list[dict[str, Any]]) -> str:
     return ""
 
 
-def _should_fail(state: SimState, script: Script, key: str) -> bool:
+def route_name(path: str) -> str:
+    """Which provider a Chat Completions / Responses route stands for."""
+    if path.startswith("/openai/"):
+        return "groq"
+    if path.startswith("/api/"):
+        return "openrouter"
+    return "openai"
+
+
+def _should_fail(state: SimState, script: Script, key: str, route: str | None = None) -> bool:
     if script.status is None:
+        return False
+    if script.fail_only is not None and script.fail_only != route:
         return False
     if script.fail_times is None:
         return True
@@ -134,7 +147,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     messages = body.get("messages") or []
     text = _last_user_text(messages)
     script = parse_script(text)
-    if _should_fail(state, script, text):
+    if _should_fail(state, script, text, route_name(request.path)):
         return _error_response(script)
     model = body.get("model", "sim-model")
     cid = f"chatcmpl-{secrets.token_hex(8)}"
@@ -207,8 +220,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             await resp.write(b"data: " + orjson.dumps(usage) + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
-    except (ConnectionResetError, asyncio.CancelledError):
+    except ConnectionResetError:
         state.closed_early += 1
+        state.stream_closed.set()
+    except asyncio.CancelledError:
+        state.closed_early += 1
+        state.stream_closed.set()
         raise
     finally:
         state.open_streams -= 1
@@ -386,8 +403,12 @@ async def responses(request: web.Request) -> web.StreamResponse:
         }
         await send(resp, "response.completed", response=base_response("completed", output, usage))
         await resp.write_eof()
-    except (ConnectionResetError, asyncio.CancelledError):
+    except ConnectionResetError:
         state.closed_early += 1
+        state.stream_closed.set()
+    except asyncio.CancelledError:
+        state.closed_early += 1
+        state.stream_closed.set()
         raise
     finally:
         state.open_streams -= 1

@@ -78,8 +78,9 @@ async def relay(
         if first is not None:
             await send_envelope(resp, first)
             after_seq = max(after_seq, first.seq)
+        deadline = asyncio.timeout(terminal_timeout(svc))
         try:
-            async with asyncio.timeout(terminal_timeout(svc)):
+            async with deadline:
                 async for env in sub.events(after_seq=after_seq):
                     if waiting_first_token and env.type in ("assistant", "reasoning"):
                         FIRST_EVENT_SECONDS.labels(provider).observe(time.perf_counter() - started)
@@ -87,6 +88,8 @@ async def relay(
                     await send_envelope(resp, env)
                     finished = env.terminal
         except (TimeoutError, StreamLost) as exc:
+            if isinstance(exc, TimeoutError) and not deadline.expired():
+                raise  # a stalled write, not the job's deadline
             lost = isinstance(exc, StreamLost)
             err = ErrorEvent(
                 error=(
@@ -100,15 +103,30 @@ async def relay(
             )
             await resp.send(err.model_dump_json(), event="error")
             finished = True
-    except (ConnectionResetError, TimeoutError):
-        log.info("stream.client_gone", job_id=sub.job_id)
+    except (ConnectionError, TimeoutError):
+        log.info("stream.client_gone", job_id=sub.job_id, reason="write failed or stalled")
     finally:
         STREAMS.dec()
         resp.stop_streaming()
         if not finished and svc.settings.cancel_on_disconnect:
             log.info("stream.cancel_on_disconnect", job_id=sub.job_id)
             await svc.registry.request_cancel(sub.job_id, svc.settings.job_deadline_seconds)
+    if finished:
+        await _finish(request, resp, svc, sub.job_id)
     return resp
+
+
+async def _finish(
+    request: web.Request, resp: EventSourceResponse, svc: Services, job_id: str
+) -> None:
+    """End the response, but never wait on a client that stopped reading."""
+    try:
+        async with asyncio.timeout(svc.settings.sse_send_timeout):
+            await resp.write_eof()
+    except (ConnectionError, TimeoutError):
+        log.info("stream.client_gone", job_id=job_id, reason="stalled at the end")
+        if request.transport is not None:
+            request.transport.abort()
 
 
 async def send_envelope(resp: EventSourceResponse, env: EventEnvelope) -> None:
