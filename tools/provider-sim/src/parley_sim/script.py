@@ -13,7 +13,7 @@ Directives are `[[sim:NAME]]` or `[[sim:NAME=VALUE]]` anywhere in the text:
 | `hang`               | send the response headers, then nothing                       |
 | `tokens=N`           | answer with N generated words                                 |
 | `chunk-bytes=N`      | with `tokens`, pad each generated word to N bytes              |
-| `fail-only=NAME`     | with `status`, fail only on that route (`groq` = `/openai/v1`, `openrouter` = `/api/v1`, `openai` = `/v1`) |
+| `fail-only=NAME`     | with `status`, fail only on that route (see `route_name`)     |
 
 Without directives the reply is `Echo: <text>` (directives removed), streamed
 word by word, so tests know exactly what to expect.
