@@ -7,6 +7,7 @@ import time
 import jwt
 import pytest
 
+from tests.support.infra import Infra
 from tests.support.stack import JWT_SECRET, Stack
 
 pytestmark = pytest.mark.integration
@@ -85,9 +86,12 @@ async def test_prefix_lookalike_user_cannot_use_or_create_in_other_namespace(sta
         ({"text": "hi", "web": "yes"}, "web"),
         ({"text": "hi", "web": True}, "web"),
         ({"text": "hi", "image_base64": "aGk=", "image_mime": "image/png"}, "image_base64"),
+        ({"text": "hi", "image_base64": "aGk="}, "image_mime"),
+        ({"text": "hi", "image_mime": "image/png"}, "image_base64"),
+        ({"text": "hi", "image_base64": "aGk=", "image_mime": "image/bmp"}, "image_mime"),
+        ({"text": "hi", "image_base64": "not base64!", "image_mime": "image/png"}, "image_base64"),
         ({"text": "hi", "conversation_id": 12}, "conversation_id"),
         ({"text": "hi", "conversation_id": "a\r\nb"}, "conversation_id"),
-        ({"text": "hi", "provider": "claude"}, "provider"),
         ([1, 2], "body"),
     ],
 )
@@ -104,9 +108,15 @@ async def test_unknown_provider_lists_the_options(stack: Stack):
         assert option in resp["error"]
 
 
-async def test_unconfigured_provider_says_so(stack: Stack):
-    status, resp = await _post(stack, {"text": "hi", "provider": "claude"}, stack.auth("u"))
-    assert status == 400 and "not configured" in resp["error"]
+async def test_unconfigured_provider_says_so(infra: Infra):
+    only_groq = await Stack(infra, providers=("groq",)).start()
+    try:
+        body = {"text": "hi", "provider": "claude"}
+        status, resp = await _post(only_groq, body, only_groq.auth("u"))
+        assert status == 400 and resp["error"].startswith("provider:")
+        assert "not configured" in resp["error"] and "groq" in resp["error"]
+    finally:
+        await only_groq.stop()
 
 
 async def test_invalid_json_is_400(stack: Stack):

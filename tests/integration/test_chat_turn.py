@@ -120,7 +120,7 @@ async def test_default_provider_uses_first_configured(stack: Stack):
     res = await stack.chat("user-default", {"text": "who answers?"})
     assert res.last.event == "done"
     # CONTRACT order of providers: ollama, groq, google, claude, openai, openrouter
-    assert res.events[0].data["provider"] == res.last.data["provider"] == "groq"
+    assert res.events[0].data["provider"] == res.last.data["provider"] == "ollama"
 
 
 async def test_mood_selects_a_different_system_prompt(stack: Stack):

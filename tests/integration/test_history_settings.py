@@ -68,7 +68,7 @@ async def test_unknown_settings_field_is_400(stack: Stack):
 
 async def test_default_provider_uses_the_saved_default_when_it_is_configured(stack: Stack):
     user, api = uid(), Api(stack)
-    assert await _answered_by(stack, user) == "groq"  # first configured
+    assert await _answered_by(stack, user) == "ollama"  # first configured
     await api.put("/api/me/settings", user, json={"default_provider": "openrouter"})
     assert await _answered_by(stack, user) == "openrouter"
     assert await _answered_by(stack, user, {"provider": "default"}) == "openrouter"
@@ -76,10 +76,14 @@ async def test_default_provider_uses_the_saved_default_when_it_is_configured(sta
     assert await _answered_by(stack, user, {"provider": "openai"}) == "openai"
 
 
-async def test_a_saved_default_that_is_not_configured_falls_back(stack: Stack):
-    user, api = uid(), Api(stack)
-    await api.put("/api/me/settings", user, json={"default_provider": "claude"})
-    assert await _answered_by(stack, user) == "groq"
+async def test_a_saved_default_that_is_not_configured_falls_back(infra: Infra):
+    stack = await Stack(infra, providers=("groq", "openrouter")).start()
+    try:
+        user, api = uid(), Api(stack)
+        await api.put("/api/me/settings", user, json={"default_provider": "claude"})
+        assert await _answered_by(stack, user) == "groq"
+    finally:
+        await stack.stop()
 
 
 async def test_saved_default_comes_before_default_provider(infra: Infra):

@@ -15,7 +15,7 @@ from parley_common.settings import CommonSettings
 from parley_common.topology import PROVIDERS
 
 DEFAULT_MODELS: dict[str, str] = {
-    "claude": "claude-sonnet-4-5",
+    "claude": "claude-sonnet-4-6",
     "openai": "gpt-4.1-mini",
     "groq": "llama-3.3-70b-versatile",
     "openrouter": "openai/gpt-4o-mini",
@@ -34,7 +34,7 @@ DEFAULT_BASE_URLS: dict[str, str | None] = {
 
 
 # Providers that this release's workers can serve.
-IMPLEMENTED: tuple[str, ...] = ("openai", "groq", "openrouter")
+IMPLEMENTED: tuple[str, ...] = ("ollama", "groq", "google", "claude", "openai", "openrouter")
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,10 @@ class GatewaySettings(ProviderSettings):
     # Largest request body accepted, in bytes (a 5 MiB image is ~6.7 MiB as base64).
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     max_text_chars: int = Field(default=32_000, ge=1)
+    # Images: decoded bytes, total pixels, and longest side.
+    max_image_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(default=40_000_000, ge=1)
+    max_image_side: int = Field(default=16_384, ge=1)
     # Events buffered per stream before a slow reader is resynchronised from the log.
     stream_buffer_events: int = Field(default=1024, ge=16)
     sse_ping_seconds: float = Field(default=15.0, gt=0, le=15.0)

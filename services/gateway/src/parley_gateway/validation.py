@@ -106,8 +106,6 @@ def parse_chat_request(body: dict[str, Any], max_text_chars: int) -> ChatRequest
     image_mime = _opt_str(body, "image_mime")
     if web:
         raise BadRequest("web: web search and fetch tools are not supported yet")
-    if image_base64 is not None or image_mime is not None:
-        raise BadRequest("image_base64: images are not supported yet")
     return ChatRequest(
         text=text,
         provider=provider,

@@ -274,8 +274,10 @@ class Store:
         docs = await cursor.to_list()
         docs.reverse()
         out: list[ContextMessage] = []
-        for d in docs:
-            img = d.get("image")
+        for i, d in enumerate(docs):
+            # Only the newest message's image goes to the provider: earlier images
+            # stay saved but would make every later turn carry (and pay for) them.
+            img = d.get("image") if i == len(docs) - 1 else None
             out.append(
                 ContextMessage(
                     role=d["role"],

@@ -19,6 +19,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobus
 from parley_common.amqp import Exchanges, declare_exchanges, declare_job_queue, open_channel
 from parley_common.events import JobEvents
 from parley_common.jobs import JobRegistry
+from parley_common.providers import IMPLEMENTED
 from parley_common.schemas import ChatJob, TurnResult, TurnStatus
 from parley_common.schemas.jobs import JOB_TYPE, TURN_TYPE
 from parley_common.topology import TURN_CANCELLED, TURN_COMPLETED, TURN_FAILED, Topology
@@ -93,12 +94,12 @@ class Worker:
         publish_channel = await open_channel(self.connection)
         self._exchanges = await declare_exchanges(publish_channel, self.topo)
         for name in self.provider_names:
-            channel = await open_channel(self.connection, prefetch=s.worker_concurrency)
+            channel = await open_channel(self.connection, prefetch=s.concurrency_for(name))
             exchanges = await declare_exchanges(channel, self.topo)
             queue = await declare_job_queue(channel, self.topo, exchanges, name)
             tag = await queue.consume(self._make_handler(name))
             self._consumers.append((queue, tag))
-            log.info("worker.consuming", queue=queue.name, concurrency=s.worker_concurrency)
+            log.info("worker.consuming", queue=queue.name, concurrency=s.concurrency_for(name))
 
     async def stop(self) -> None:
         """Stop taking jobs, let running turns finish (bounded), close everything."""
@@ -261,9 +262,10 @@ class Worker:
         chain = self.settings.fallback_providers()
         if provider_name in chain:
             chain = chain[chain.index(provider_name) + 1 :] + chain[: chain.index(provider_name)]
-        available = set(self.settings.available_providers())
+        # Another worker (with its own key) may serve the next provider: the chain is
+        # the operator's statement of which providers may take over.
         for candidate in chain:
-            if candidate in tried or candidate not in available:
+            if candidate in tried or candidate not in IMPLEMENTED:
                 continue
             if await self.redis.exists(self.topo.provider_disabled(candidate)):
                 continue

@@ -17,6 +17,15 @@ class WorkerSettings(ProviderSettings):
     provider_idle_timeout: float = Field(default=60.0, gt=0)
     # The longest one generation may take, start to finish.
     max_generation_seconds: float = Field(default=300.0, gt=0)
+    # Per-provider concurrency overrides, e.g. "claude=4,ollama=1".
+    provider_concurrency: str = ""
+    # Claude extended thinking (adaptive) on/off, and its output budget.
+    claude_thinking: bool = False
+    claude_max_tokens: int = Field(default=8192, ge=1)
+    # Ask Gemini for thought summaries (some models refuse it: turn it off there).
+    google_thoughts: bool = True
+    # Ollama `think`: unset sends nothing (models that cannot think reject true).
+    ollama_think: bool | None = None
     # Retries of a provider call that failed before its first token (429, 5xx, network).
     provider_max_retries: int = Field(default=2, ge=0, le=10)
     provider_retry_base_seconds: float = Field(default=1.0, ge=0)
@@ -32,3 +41,10 @@ class WorkerSettings(ProviderSettings):
     def fallback_providers(self) -> list[str]:
         names = [p.strip() for p in self.fallback_chain.split(",") if p.strip()]
         return [p for p in names if p in PROVIDERS]
+
+    def concurrency_for(self, provider: str) -> int:
+        for item in self.provider_concurrency.split(","):
+            name, _, value = item.partition("=")
+            if name.strip() == provider and value.strip().isdigit():
+                return max(1, int(value))
+        return self.worker_concurrency

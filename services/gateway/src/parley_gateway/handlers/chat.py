@@ -9,12 +9,13 @@ from datetime import UTC, datetime
 
 import structlog
 from aiohttp import web
-from parley_common.schemas import ChatJob, MetaEvent, decode_envelope
+from parley_common.schemas import ChatJob, ImageRef, MetaEvent, decode_envelope
 from parley_common.schemas.events import encode_envelope
 
 from parley_gateway.context import Services, services
 from parley_gateway.errors import BadRequest, Forbidden
 from parley_gateway.handlers.streaming import collect, relay
+from parley_gateway.images import ImageLimits, validate_image
 from parley_gateway.metrics import JOBS_PUBLISHED
 from parley_gateway.middlewares import REQUEST_ID
 from parley_gateway.validation import parse_chat_request, parse_json_object
@@ -59,6 +60,15 @@ async def chat(request: web.Request) -> web.StreamResponse:
     idem_key = idempotency_key(request)
     body = parse_json_object(await request.read())
     req = parse_chat_request(body, svc.settings.max_text_chars)
+    image = validate_image(
+        req.image_base64,
+        req.image_mime,
+        ImageLimits(
+            svc.settings.max_image_bytes,
+            svc.settings.max_image_pixels,
+            svc.settings.max_image_side,
+        ),
+    )
     provider = await resolve_provider(svc, req.provider, user_id, request[REQUEST_ID])
     request_id = request[REQUEST_ID]
     job_id = f"job-{secrets.token_hex(12)}"
@@ -79,7 +89,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
             channel=req.channel,
             text=req.text,
             provider=provider,
-            image=None,
+            image=ImageRef(mime=image.mime, data_base64=image.data_base64) if image else None,
         )
     except Exception:
         if idem_key is not None:
