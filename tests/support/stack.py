@@ -36,8 +36,8 @@ JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 SERVICE_TOKEN = "test-service-token-0123456789"
 
 
-async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app, access_log=None)
+async def _serve(app: web.Application, **runner_kwargs: Any) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app, access_log=None, **runner_kwargs)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -64,16 +64,26 @@ class ChatResult:
 @dataclass
 class Stack:
     infra: Infra
-    providers: tuple[str, ...] = ("groq", "openrouter", "openai")
+    providers: tuple[str, ...] = ("ollama", "groq", "google", "claude", "openai", "openrouter")
     env: dict[str, Any] = field(default_factory=dict)
     namespace: str = field(default_factory=lambda: f"t{secrets.token_hex(4)}.")
     db_name: str = field(default_factory=lambda: f"parley_test_{secrets.token_hex(4)}")
     start_worker: bool = True
+    # The simulator stops a handler when its client goes away (so that a `[[sim:hang]]`
+    # the worker gave up on does not hold the simulator's shutdown for a minute).
+    sim_handler_cancellation: bool = False
+    # The gateway's own Redis URL (e.g. another ACL user), when not infra.redis_url.
+    gateway_redis_url: str | None = None
 
     async def start(self) -> Stack:
         self._runners: list[web.AppRunner] = []
         self.sim_app = create_sim()
-        runner, self.sim_url = await _serve(self.sim_app)
+        sim_runner: dict[str, Any] = (
+            {"handler_cancellation": True, "shutdown_timeout": 1.0}
+            if self.sim_handler_cancellation
+            else {}
+        )
+        runner, self.sim_url = await _serve(self.sim_app, **sim_runner)
         self._runners.append(runner)
         common: dict[str, Any] = {
             "_env_file": None,
@@ -92,6 +102,17 @@ class Stack:
             }
         if "openai" in self.providers:
             keys |= {"openai_api_key": "sim-key", "openai_base_url": f"{self.sim_url}/v1"}
+        if "claude" in self.providers:
+            # Not a real model name: the SDK warns about deprecated ones.
+            keys |= {
+                "anthropic_api_key": "sim-key",
+                "anthropic_base_url": self.sim_url,
+                "claude_model": "claude-sim-1",
+            }
+        if "google" in self.providers:
+            keys |= {"google_api_key": "sim-key", "google_base_url": self.sim_url}
+        if "ollama" in self.providers:
+            keys |= {"ollama_host": self.sim_url}
         keys |= self.env.get("keys", {})
         self.mongodb_url = f"{self.infra.mongodb_url}{self.db_name}"
         self.history_settings = HistorySettings(
@@ -99,6 +120,7 @@ class Stack:
         )
         runner, self.history_url = await _serve(create_history(self.history_settings))
         self._runners.append(runner)
+        self._history_runner: web.AppRunner | None = runner
         worker_env: dict[str, Any] = {"provider_retry_base_seconds": 0.02}
         worker_env |= self.env.get("worker", {})
         self.worker_settings = WorkerSettings(
@@ -107,8 +129,11 @@ class Stack:
         self.worker: Worker | None = None
         if self.start_worker:
             await self.start_worker_now()
+        gateway_common = common | (
+            {"redis_url": self.gateway_redis_url} if self.gateway_redis_url else {}
+        )
         self.gateway_settings = GatewaySettings(
-            **common,
+            **gateway_common,
             history_url=self.history_url,
             auth_jwt_secret=JWT_SECRET,
             **keys,
@@ -126,6 +151,32 @@ class Stack:
         self.worker = Worker(self.worker_settings, names)
         await self.worker.start()
         return self.worker
+
+    async def stop_history(self) -> None:
+        """Take the history service away (HTTP API and turn consumer), as a crash would."""
+        runner = self._history_runner
+        if runner is None:
+            return
+        self._history_runner = None
+        self._runners.remove(runner)
+        await runner.cleanup()
+
+    async def start_history(self) -> None:
+        """A new history instance at the same address the gateway and worker use."""
+        if self._history_runner is not None:
+            return
+        port = int(self.history_url.rsplit(":", 1)[1])
+        runner = web.AppRunner(create_history(self.history_settings), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        self._history_runner = runner
+        self._runners.insert(1, runner)
+
+    @property
+    def history_app(self) -> web.Application:
+        """The running history instance's application (its store, settings)."""
+        assert self._history_runner is not None, "history is stopped"
+        return self._history_runner.app
 
     @property
     def sim(self) -> SimState:
