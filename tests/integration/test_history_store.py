@@ -40,6 +40,7 @@ async def test_concurrent_appends_get_seqs_1_to_n_without_gaps_or_duplicates(sta
                 image=None,
                 provider="groq",
                 job_id=f"job-conc-{user}-{i}",
+                exclusive=False,
             )
             for i in range(n)
         )
@@ -62,6 +63,7 @@ async def test_concurrent_questions_and_replies_keep_one_total_order(stack: Stac
                 image=None,
                 provider="groq",
                 job_id=job,
+                exclusive=False,
             )
             for i, job in enumerate(jobs[:15])
         )
@@ -80,6 +82,7 @@ async def test_concurrent_questions_and_replies_keep_one_total_order(stack: Stac
                 image=None,
                 provider="groq",
                 job_id=job,
+                exclusive=False,
             )
             for i, job in enumerate(jobs[15:], start=15)
         ),
@@ -91,6 +94,8 @@ async def test_concurrent_questions_and_replies_keep_one_total_order(stack: Stac
 
 
 async def test_concurrent_chat_turns_into_one_conversation(stack: Stack):
+    """Eight frontends send into one conversation at once: exactly one turn is taken,
+    the others are refused with 409 naming it and store nothing."""
     user = uid()
     first = await stack.chat(user, {"text": "start", "provider": "groq"})
     conv = first.last.data["conversation_id"]
@@ -100,13 +105,15 @@ async def test_concurrent_chat_turns_into_one_conversation(stack: Stack):
             for i in range(8)
         )
     )
-    assert all(r.last.event == "done" for r in results)
-    assert await _seqs(stack, conv) == list(range(1, 19))
+    taken = [r for r in results if r.status == 200]
+    refused = [r for r in results if r.status == 409]
+    assert len(taken) == 1 and len(refused) == 7
+    assert taken[0].last.event == "done"
+    assert await _seqs(stack, conv) == [1, 2, 3, 4]
+    reply_id = taken[0].last.data["message_id"]
     docs = await stack.messages_in_db(conv)
     position = {d["_id"]: d["seq"] for d in docs}
-    for r in results:  # every reply comes after its own question
-        reply_id = r.last.data["message_id"]
-        assert position[reply_id.removesuffix("-a") + "-u"] < position[reply_id]
+    assert position[reply_id.removesuffix("-a") + "-u"] < position[reply_id]
 
 
 async def test_saving_the_same_turn_twice_stores_one_message(stack: Stack):

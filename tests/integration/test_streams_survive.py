@@ -341,3 +341,60 @@ async def _job_of(stack: Stack, who: str) -> str:
         if meta.get(b"user_id") == who.encode():
             return str(key.decode().split(":")[-2])
     raise AssertionError("no job found")
+
+
+async def test_second_turn_while_one_runs_is_409_naming_the_active_job(stack: Stack):
+    who = user()
+    resp = await open_chat(stack, who, {"text": SLOW, "provider": "groq"})
+    stream = iter_sse(resp)
+    meta = await anext(stream)
+    conv, job_id = meta.data["conversation_id"], meta.data["job_id"]
+    # Through a second gateway process too: the lock is shared, not per process.
+    other = web.AppRunner(create_gateway(stack.gateway_settings))
+    await other.setup()
+    await web.TCPSite(other, "127.0.0.1", 0).start()
+    try:
+        url = f"http://127.0.0.1:{other.addresses[0][1]}/api/chat"
+        async with stack.http.post(
+            url, json={"text": "me too", "conversation_id": conv}, headers=stack.auth(who)
+        ) as r:
+            assert r.status == 409
+            body = await r.json()
+    finally:
+        await other.cleanup()
+    assert body["code"] == "turn_in_progress" and body["active_job_id"] == job_id
+    assert job_id in body["error"]
+    events = [ev async for ev in stream]
+    resp.close()
+    assert events[-1].event == "done"
+    # The refused turn stored nothing; once the first is saved the next one goes.
+    docs = await stack.messages_in_db(conv)
+    assert [d["role"] for d in docs] == ["user", "assistant"]
+    res = await stack.chat(who, {"text": "now", "conversation_id": conv, "provider": "groq"})
+    assert res.last.event == "done"
+
+
+async def test_a_turn_that_cannot_be_queued_frees_its_conversation(infra: Infra):
+    stack = await Stack(infra).start()
+    try:
+        who = user()
+        first = await stack.chat(who, {"text": "hi", "provider": "groq"})
+        conv = first.last.data["conversation_id"]
+        connection = await aio_pika.connect(infra.rabbitmq_url)
+        channel = await connection.channel()
+        await channel.queue_delete(Topology(stack.namespace).jobs_queue("groq"))
+        await connection.close()
+        body = {"text": "lost?", "provider": "groq", "conversation_id": conv}
+        res = await stack.chat(who, body, stream=False)
+        assert res.status == 503
+        docs = await stack.messages_in_db(conv)
+        assert [(d["role"], d["status"]) for d in docs[-2:]] == [
+            ("user", "complete"),
+            ("assistant", "error"),
+        ]
+        # Not locked: the next turn (to a provider that still has a queue) is taken.
+        body["provider"] = "openrouter"
+        res = await stack.chat(who, body)
+        assert res.last.event == "done"
+    finally:
+        await stack.stop()

@@ -153,6 +153,8 @@ async def seed_turns(
         if index < messages:
             await store.save_result(turn_result(user, cid, job, f"m{index}"))
             index += 1
+        else:  # a question left unanswered: free the conversation for the next seed
+            await store.release_turn(cid, job)
     assert cid is not None
     return cid
 

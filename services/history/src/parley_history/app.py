@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 
 import aio_pika
 import redis.asyncio as aioredis
@@ -18,7 +19,7 @@ from parley_common.amqp import (
 from parley_common.events import JobEvents
 from parley_common.http import add_probe_routes
 from parley_common.jobs import JobRegistry
-from parley_common.schemas import ImageRef
+from parley_common.schemas import ImageRef, TurnResult, TurnStatus
 from parley_common.topology import Topology
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pymongo.uri_parser import parse_uri
@@ -45,6 +46,8 @@ class BeginTurn(BaseModel):
     provider: str
     job_id: str
     image: ImageRef | None = None
+    # How long the conversation stays locked to this turn if its result never comes.
+    lock_seconds: int = 900
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -59,7 +62,9 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
     try:
         return await handler(request)
     except HistoryError as exc:
-        return web.json_response({"error": exc.message, "code": exc.code}, status=exc.status)
+        return web.json_response(
+            {"error": exc.message, "code": exc.code, **exc.extra}, status=exc.status
+        )
 
 
 class ServiceAuth:
@@ -95,6 +100,7 @@ async def begin_turn(request: web.Request) -> web.Response:
         image=body.image,
         provider=body.provider,
         job_id=body.job_id,
+        lock_seconds=body.lock_seconds,
     )
     TURNS_BEGUN.inc()
     log.info(
@@ -112,6 +118,44 @@ async def begin_turn(request: web.Request) -> web.Response:
         },
         status=201 if turn.created else 200,
     )
+
+
+class AbandonTurn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    conversation_id: str
+    provider: str
+    error: str
+
+
+async def abandon_turn(request: web.Request) -> web.Response:
+    """The gateway could not queue a begun turn: record that as its reply and free
+    the conversation for the next turn."""
+    request.app[AUTH_CHECK](request)
+    user = user_of(request)
+    job_id = request.match_info["job_id"]
+    try:
+        body = AbandonTurn.model_validate_json(await request.read())
+    except ValidationError as exc:
+        raise BadRequest(f"invalid abandon body: {exc.errors()[0]['loc']}") from exc
+    structlog.contextvars.bind_contextvars(job_id=job_id)
+    store = request.app[STORE]
+    await store.owned_conversation(user, body.conversation_id)
+    await store.save_result(
+        TurnResult(
+            job_id=job_id,
+            request_id=request.headers.get(REQUEST_ID_HEADER, ""),
+            user_id=user,
+            conversation_id=body.conversation_id,
+            provider=body.provider,
+            status=TurnStatus.error,
+            error=body.error,
+            error_code="job_not_queued",
+            last_seq=0,
+            finished_at=datetime.now(UTC),
+        )
+    )
+    log.warning("turn.abandoned", conversation_id=body.conversation_id)
+    return web.json_response({"ok": True})
 
 
 def _database_name(settings: HistorySettings) -> str:
@@ -162,6 +206,7 @@ def create_app(settings: HistorySettings) -> web.Application:
     app.cleanup_ctx.append(_mongo_ctx)
     app.cleanup_ctx.append(_consumer_ctx)
     app.router.add_post("/internal/v1/turns", begin_turn)
+    app.router.add_post("/internal/v1/turns/{job_id}/abandon", abandon_turn)
     handlers.add_routes(app)
 
     async def mongo_ready() -> object:

@@ -7,9 +7,10 @@ class HistoryError(Exception):
     status = 500
     code = "internal"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, **extra: str) -> None:
         super().__init__(message)
         self.message = message
+        self.extra = extra
 
 
 class BadRequest(HistoryError):
@@ -25,6 +26,11 @@ class Forbidden(HistoryError):
 class NotFound(HistoryError):
     status = 404
     code = "not_found"
+
+
+class TurnInProgress(HistoryError):
+    status = 409
+    code = "turn_in_progress"
 
 
 class Conflict(HistoryError):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from parley_common.schemas import ContextMessage, ImageRef, TurnResult
@@ -30,7 +30,7 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
-from parley_history.errors import Conflict, Forbidden, NotFound
+from parley_history.errors import Conflict, Forbidden, NotFound, TurnInProgress
 
 Doc = dict[str, Any]
 
@@ -217,7 +217,13 @@ class Store:
         image: ImageRef | None,
         provider: str,
         job_id: str,
+        lock_seconds: int = 900,
+        exclusive: bool = True,
     ) -> BegunTurn:
+        """Store a turn's user message and return the context for the provider.
+
+        `exclusive` (the chat path) also takes the conversation's one-turn lock;
+        without it this is a plain append, still totally ordered by `seq`."""
         created = False
         if conversation_id is None:
             conversation_id = new_conversation_id(user_id, channel)
@@ -235,6 +241,8 @@ class Store:
                 )
             if not created:
                 await self.owned_conversation(user_id, conversation_id)
+        if exclusive:
+            await self._lock_for_turn(conversation_id, job_id, lock_seconds)
 
         msg_id = user_message_id(job_id)
         existing = await self.messages.find_one({"_id": msg_id}, {"_id": 1})
@@ -261,6 +269,40 @@ class Store:
                 await self.messages.insert_one(doc)
         context = await self.context(conversation_id)
         return BegunTurn(conversation_id, msg_id, created, context)
+
+    async def _lock_for_turn(self, conversation_id: str, job_id: str, seconds: int) -> None:
+        """One turn at a time per conversation, across every gateway: the lock is the
+        conversation's `active_job`, taken atomically, released when the turn's result
+        is saved, and expiring on its own should that result never come."""
+        ts = now()
+        taken = await self.conversations.find_one_and_update(
+            {
+                "_id": conversation_id,
+                "$or": [
+                    {"active_job": None},
+                    {"active_job.until": {"$lt": ts}},
+                    {"active_job.job_id": job_id},
+                ],
+            },
+            {"$set": {"active_job": {"job_id": job_id, "until": ts + timedelta(seconds=seconds)}}},
+            projection={"_id": 1},
+        )
+        if taken is None:
+            conv = await self.conversations.find_one({"_id": conversation_id}, {"active_job": 1})
+            if conv is None:
+                raise NotFound("conversation not found")
+            active = (conv.get("active_job") or {}).get("job_id", "")
+            raise TurnInProgress(
+                f"a reply is still being generated in this conversation (job {active}); "
+                "wait for it, resume it, or cancel it",
+                active_job_id=active,
+            )
+
+    async def release_turn(self, conversation_id: str, job_id: str) -> None:
+        await self.conversations.update_one(
+            {"_id": conversation_id, "active_job.job_id": job_id},
+            {"$set": {"active_job": None}},
+        )
 
     async def context(self, conversation_id: str) -> list[ContextMessage]:
         cursor = (
@@ -290,6 +332,7 @@ class Store:
     async def save_result(self, result: TurnResult) -> str | None:
         """Store a turn's reply once; None when the conversation is gone."""
         msg_id = reply_message_id(result.job_id)
+        await self.release_turn(result.conversation_id, result.job_id)
         if await self.messages.find_one({"_id": msg_id}, {"_id": 1}) is not None:
             return msg_id
         seq = await self._next_seq(result.conversation_id)

@@ -3,10 +3,17 @@
 `EventHub` owns one pub/sub connection. `subscribe(job_id)` returns once Redis
 has confirmed the subscription, so a job published afterwards cannot emit an
 event this process misses. Each subscription has a bounded buffer; when it
-overflows (a slow reader) or the connection is re-established, the subscription
-is marked stale and its reader re-reads the job's replay log from the last
-sequence number it delivered. Events are therefore delivered in order, without
-duplicates and without gaps, while the log lasts.
+overflows (a slow reader) the subscription is marked stale and its reader
+re-reads the job's replay log from the last sequence number it delivered.
+Events are therefore delivered in order, without duplicates and without gaps,
+while the log lasts.
+
+When the pub/sub connection drops, whatever is published until Redis confirms
+the re-subscription reaches this process only through the replay logs. So every
+subscription is marked stale twice: at once when the loss is noticed (its
+reader re-reads the log, and if Redis cannot be reached ends its stream with
+`StreamLost`, which the client can resume), and again when Redis confirms the
+re-subscription, wherever redis-py reconnected (it may do so inside any read).
 """
 
 from __future__ import annotations
@@ -164,6 +171,7 @@ class EventHub:
                 raise
             except (RedisConnectionError, OSError, RedisError) as exc:
                 log.warning("events.connection_lost", error_type=type(exc).__name__)
+                self._mark_all_stale()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 await self._reconnect()
@@ -178,16 +186,27 @@ class EventHub:
                 for sub in tuple(self._subs.get(channel, ())):
                     sub.offer(msg["data"])
             elif kind == "subscribe":
-                for sub in tuple(self._subs.get(channel, ())):
+                subs = tuple(self._subs.get(channel, ()))
+                if not subs:
+                    # Re-subscribed on reconnect although its last reader left while the
+                    # connection was down (its unsubscribe was lost): drop it now.
+                    with contextlib.suppress(RedisError, ConnectionError):
+                        await self._pubsub.unsubscribe(channel)
+                for sub in subs:
                     if not sub.confirmed.done():
                         sub.confirmed.set_result(None)
+                    else:
+                        # Subscribed again after a reconnect: what was published while
+                        # the connection was down is only in the replay log.
+                        sub.mark_stale()
 
-    async def _reconnect(self) -> None:
-        try:
-            await self._pubsub.connect()  # type: ignore[no-untyped-call]  # re-subscribes every channel
-        except (RedisConnectionError, OSError, RedisError):
-            return
-        # Anything published while we were away is in the replay logs.
+    def _mark_all_stale(self) -> None:
         for subs in self._subs.values():
             for sub in subs:
                 sub.mark_stale()
+
+    async def _reconnect(self) -> None:
+        """Connect again (redis-py then re-subscribes every channel; the confirmations
+        mark the subscriptions stale). A failure is retried by the next read."""
+        with contextlib.suppress(RedisConnectionError, OSError, RedisError):
+            await self._pubsub.connect()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped

@@ -157,7 +157,12 @@ class HistoryClient:
             if status == 404:
                 raise NotFound(message)
             if status == 409:
-                raise Conflict(message)
+                conflict = Conflict(
+                    message, code=body.get("code") if isinstance(body, dict) else None
+                )
+                if isinstance(body, dict) and isinstance(body.get("active_job_id"), str):
+                    conflict.extra["active_job_id"] = body["active_job_id"]
+                raise conflict
             if status >= 500:
                 raise Unavailable("conversation history is unavailable", code="history_down")
             err = ApiError(message)
@@ -176,6 +181,7 @@ class HistoryClient:
         text: str,
         provider: str,
         image: ImageRef | None,
+        lock_seconds: int = 900,
     ) -> BegunTurn:
         _, body = await self.request(
             "POST",
@@ -189,6 +195,7 @@ class HistoryClient:
                 "provider": provider,
                 "job_id": job_id,
                 "image": image.model_dump() if image else None,
+                "lock_seconds": lock_seconds,
             },
         )
         return BegunTurn(
@@ -358,4 +365,22 @@ class HistoryClient:
             user_id=user_id,
             request_id=request_id,
             json={"default_provider": default_provider},
+        )
+
+    async def abandon_turn(
+        self,
+        *,
+        user_id: str,
+        request_id: str,
+        job_id: str,
+        conversation_id: str,
+        provider: str,
+        error: str,
+    ) -> None:
+        await self.request(
+            "POST",
+            f"/internal/v1/turns/{quote(job_id, safe='')}/abandon",
+            user_id=user_id,
+            request_id=request_id,
+            json={"conversation_id": conversation_id, "provider": provider, "error": error},
         )

@@ -65,7 +65,15 @@ class JobPublisher:
             raise Unavailable(
                 f"no queue accepted the job for provider {job.provider}", code="job_unroutable"
             ) from exc
-        except (AMQPError, aiormq.exceptions.AMQPError, ConnectionError, TimeoutError) as exc:
+        except (
+            AMQPError,
+            aiormq.exceptions.AMQPError,
+            # A channel closed by a lost connection (while aio-pika reconnects) raises this
+            # RuntimeError subclass at once; without it the broker outage would be a 500.
+            aiormq.exceptions.ChannelInvalidStateError,
+            ConnectionError,
+            TimeoutError,
+        ) as exc:
             log.error("job.publish_failed", error_type=type(exc).__name__)
             raise Unavailable("the job queue is unavailable", code="broker_down") from exc
         if not isinstance(confirm, aiormq.spec.Basic.Ack):

@@ -13,7 +13,7 @@ from parley_common.schemas import ChatJob, ImageRef, MetaEvent, decode_envelope
 from parley_common.schemas.events import encode_envelope
 
 from parley_gateway.context import Services, services
-from parley_gateway.errors import BadRequest, Forbidden
+from parley_gateway.errors import ApiError, BadRequest, Forbidden
 from parley_gateway.handlers.streaming import collect, relay
 from parley_gateway.images import ImageLimits, validate_image
 from parley_gateway.metrics import JOBS_PUBLISHED
@@ -90,6 +90,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
             text=req.text,
             provider=provider,
             image=ImageRef(mime=image.mime, data_base64=image.data_base64) if image else None,
+            lock_seconds=_active_ttl(svc),
         )
     except Exception:
         if idem_key is not None:
@@ -118,9 +119,10 @@ async def chat(request: web.Request) -> web.StreamResponse:
             # The meta event opens the job's replay log, so a resumed stream has it too.
             await svc.hub.log.publish(job_id, meta_raw)
             await svc.publisher.publish(job)
-        except Exception:
+        except Exception as exc:
             if idem_key is not None:
                 await svc.idempotency.release(user_id, idem_key, job_id)
+            await _abandon(svc, user_id, request_id, job, exc)
             raise
         JOBS_PUBLISHED.labels(provider).inc()
         log.info("chat.accepted", conversation_id=turn.conversation_id, stream=streaming)
@@ -135,6 +137,26 @@ async def chat(request: web.Request) -> web.StreamResponse:
                 first=decode_envelope(meta_raw),
             )
         return await collect(svc, sub, after_seq=0)
+
+
+async def _abandon(
+    svc: Services, user_id: str, request_id: str, job: ChatJob, exc: Exception
+) -> None:
+    """Record that a begun turn was never queued (so the conversation is not left
+    locked, and its history says what happened). Best effort: history may be the
+    very thing that is down."""
+    reason = exc.message if isinstance(exc, ApiError) else "the job could not be queued"
+    try:
+        await svc.history.abandon_turn(
+            user_id=user_id,
+            request_id=request_id,
+            job_id=job.job_id,
+            conversation_id=job.conversation_id,
+            provider=job.provider,
+            error=reason,
+        )
+    except ApiError:
+        log.warning("chat.abandon_failed")
 
 
 def _active_ttl(svc: Services) -> int:
