@@ -109,6 +109,10 @@ def _schemas() -> dict[str, Schema]:
             {
                 "error": {"type": "string", "description": "Readable; names the field on 400."},
                 "code": {"type": "string", "description": "Stable machine-readable code."},
+                "active_job_id": {
+                    "type": "string",
+                    "description": "On 409 `turn_in_progress`: the job still answering.",
+                },
             },
         ),
         "NotReady": _obj(
@@ -362,7 +366,11 @@ def _responses() -> dict[str, Schema]:
         "Unauthorized": err("Missing, invalid or expired bearer token."),
         "Forbidden": err("The conversation or folder belongs to another user."),
         "NotFound": err("Unknown conversation or folder."),
-        "Conflict": err("The request conflicts with the current state (e.g. folder limit)."),
+        "Conflict": err(
+            "The request conflicts with the current state: a reply is still being generated "
+            "in the conversation (`turn_in_progress`, with `active_job_id`), or a limit "
+            "such as the folder count."
+        ),
         "NotResumable": _json(
             _ref("NotResumable"),
             "The job's events have expired; its reply is saved in the conversation.",
@@ -454,7 +462,7 @@ def _paths() -> dict[str, Schema]:
                 },
             },
         },
-        **_errors(400, 401, 403, 404, 413, 502, 503, 504),
+        **_errors(400, 401, 403, 404, 409, 413, 502, 503, 504),
     }
     idempotency = {
         "name": "Idempotency-Key",
