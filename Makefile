@@ -54,5 +54,8 @@ check: lint typecheck test
 token: install
 	@$(UV) run --frozen --no-sync python scripts/mint_token.py "$(or $(USER_ID),$(USER))"
 
+bench: install mongod
+	$(UV) run --frozen --no-sync python -m bench.stream_bench
+
 clean:
 	rm -rf .run .pytest_cache .mypy_cache .ruff_cache
