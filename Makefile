@@ -2,11 +2,16 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 PYTHON ?= python3
-UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+UV := $(shell command -v uv 2>/dev/null)
+ifeq ($(UV),)
+# No uv on PATH: install it for this Python (user site, else the interpreter's own).
+UV := $(PYTHON) -m uv
+UV_BOOTSTRAP := uv-bootstrap
+endif
 VENV := .venv
 STAMP := $(VENV)/.synced
 
-.PHONY: help install run test test-unit test-integration test-e2e test-faults lint typecheck check token bench mongod clean
+.PHONY: uv-bootstrap help install run test test-unit test-integration test-e2e test-faults lint typecheck check token bench mongod clean
 
 help:
 	@echo "make run     - run history, gateway, worker (and the provider simulator without keys)"
@@ -14,11 +19,13 @@ help:
 	@echo "make token USER=user-123 - mint a development JWT"
 	@echo "make lint | typecheck | check | bench | clean"
 
-$(UV):
-	$(PYTHON) -m pip install --quiet --user uv || $(PYTHON) -m pip install --quiet uv
-	@test -x "$(UV)" || { echo "uv not found after install"; exit 1; }
+uv-bootstrap:
+	@$(PYTHON) -m uv --version >/dev/null 2>&1 || \
+	  $(PYTHON) -m pip install --quiet --user uv 2>/dev/null || \
+	  $(PYTHON) -m pip install --quiet uv
+	@$(PYTHON) -m uv --version
 
-$(STAMP): $(UV) uv.lock pyproject.toml libs/common/pyproject.toml services/*/pyproject.toml tools/*/pyproject.toml
+$(STAMP): uv.lock pyproject.toml libs/common/pyproject.toml services/*/pyproject.toml tools/*/pyproject.toml | $(UV_BOOTSTRAP)
 	$(UV) sync --frozen --all-packages
 	@touch $@
 
