@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,57 +21,51 @@ class SseEvent:
         return json.loads("\n".join(self.data_lines))
 
 
-def parse_sse(text: str) -> tuple[list[SseEvent], list[str]]:
-    """Events and comment lines, per the WHATWG event-stream rules (any line ending)."""
-    events: list[SseEvent] = []
-    comments: list[str] = []
-    current = SseEvent()
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    for line in lines:
+class _Parser:
+    """Feeds lines (without their line ending) and returns each event as it completes."""
+
+    def __init__(self, comments: list[str] | None = None) -> None:
+        self.current = SseEvent()
+        self.comments = comments
+
+    def feed(self, line: str) -> SseEvent | None:
         if line == "":
-            if current.data_lines:
-                events.append(current)
-            current = SseEvent()
-            continue
+            done, self.current = self.current, SseEvent()
+            return done if done.data_lines else None
         if line.startswith(":"):
-            comments.append(line[1:].strip())
-            continue
+            if self.comments is not None:
+                self.comments.append(line[1:].strip())
+            return None
         name, _, value = line.partition(":")
         value = value.removeprefix(" ")
         if name == "event":
-            current.event = value
+            self.current.event = value
         elif name == "id":
-            current.id = value
+            self.current.id = value
         elif name == "data":
-            current.data_lines.append(value)
+            self.current.data_lines.append(value)
+        return None
+
+
+def parse_sse(text: str) -> tuple[list[SseEvent], list[str]]:
+    """Events and comment lines, per the WHATWG event-stream rules (any line ending)."""
+    comments: list[str] = []
+    parser = _Parser(comments)
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    events = [ev for line in lines if (ev := parser.feed(line)) is not None]
     return events, comments
 
 
 async def read_sse(resp: aiohttp.ClientResponse) -> list[SseEvent]:
-    text = await resp.text()
-    events, _ = parse_sse(text)
+    events, _ = parse_sse(await resp.text())
     return events
 
 
-async def iter_sse(resp: aiohttp.ClientResponse, comments: list[str] | None = None):  # type: ignore[no-untyped-def]
+async def iter_sse(
+    resp: aiohttp.ClientResponse, comments: list[str] | None = None
+) -> AsyncIterator[SseEvent]:
     """Yield events as they arrive (and collect comment lines into `comments`)."""
-    current = SseEvent()
+    parser = _Parser(comments)
     async for raw in resp.content:
-        line = raw.decode().rstrip("\n").rstrip("\r")
-        if line == "":
-            if current.data_lines:
-                yield current
-            current = SseEvent()
-            continue
-        if line.startswith(":"):
-            if comments is not None:
-                comments.append(line[1:].strip())
-            continue
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "event":
-            current.event = value
-        elif name == "id":
-            current.id = value
-        elif name == "data":
-            current.data_lines.append(value)
+        if (ev := parser.feed(raw.decode().rstrip("\n").rstrip("\r"))) is not None:
+            yield ev
