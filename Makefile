@@ -49,6 +49,9 @@ test-integration: install mongod
 test-e2e: install mongod
 	$(UV) run --frozen --no-sync pytest tests/e2e
 
+test-faults: install mongod
+	$(UV) run --frozen --no-sync pytest tests/faults
+
 lint: install
 	$(UV) run --frozen --no-sync ruff check .
 	$(UV) run --frozen --no-sync ruff format --check .

@@ -33,12 +33,16 @@ class ProcessStack:
     namespace: str = field(default_factory=lambda: f"e{secrets.token_hex(4)}.")
     db_name: str = field(default_factory=lambda: f"parley_e2e_{secrets.token_hex(4)}")
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # How each service was started, so that `restart` can start it again.
+    spawned: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
 
     def env(self) -> dict[str, str]:
         return self._env
 
     async def start(self) -> None:
         ports = {name: free_port() for name in ("gateway", "history", "worker", "sim")}
+        self.ports = ports
         self.url = f"http://127.0.0.1:{ports['gateway']}"
         sim = f"http://127.0.0.1:{ports['sim']}"
         base = {k: v for k, v in os.environ.items() if not k.endswith(("_API_KEY", "_HOST"))}
@@ -65,11 +69,32 @@ class ProcessStack:
         self._spawn("gateway", "parley_gateway")
         await self.wait_http(f"{self.url}/readyz")
 
-    def _spawn(self, name: str, module: str, *args: str) -> None:
-        log = open(self.logdir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+    def _spawn(self, name: str, module: str, *args: str, append: bool = False) -> None:
+        mode = "ab" if append else "wb"
+        log = open(self.logdir / f"{name}.log", mode)  # noqa: SIM115 - closed with the process
+        self.spawned[name] = (module, *args)
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", module, *args], env=self._env, stdout=log, stderr=log
         )
+
+    async def kill(self, name: str) -> int:
+        """SIGKILL one service (no shutdown code runs, as in a crash); its exit code."""
+        proc = self.procs[name]
+        if proc.poll() is None:
+            proc.kill()
+        return await asyncio.to_thread(proc.wait, 30)
+
+    async def restart(self, name: str) -> None:
+        """Start a service again as it was first started (its log goes on in the same file),
+        and wait until its readiness probe answers."""
+        proc = self.procs.get(name)
+        if proc is not None and proc.poll() is None:
+            raise RuntimeError(f"{name} is still running")
+        module, *args = self.spawned[name]
+        self._spawn(name, module, *args, append=True)
+        if name == "sim":
+            return
+        await self.wait_http(f"http://127.0.0.1:{self.ports[name]}/readyz")
 
     async def wait_http(self, url: str, seconds: float = 30) -> None:
         async with aiohttp.ClientSession() as session:

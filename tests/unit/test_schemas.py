@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from parley_common.schemas import ChatJob, TurnResult, TurnStatus, decode_envelope
+from parley_common.schemas import ChatJob, Source, TurnResult, TurnStatus, decode_envelope
 from parley_common.schemas.events import (
     DoneEvent,
     Usage,
@@ -73,3 +73,22 @@ def test_result_serialises_finished_at_as_utc():
         finished_at=datetime(2026, 1, 1, tzinfo=UTC),
     )
     assert json.loads(result.model_dump_json())["finished_at"] == "2026-01-01T00:00:00Z"
+
+
+def test_sources_are_optional_on_results_and_done_events():
+    """`sources` (web tools) is a new optional field: v1 results without it still parse,
+    and a done event carrying it parses as the public event it is."""
+    old = TurnResult.model_validate_json((GOLDEN / "turn_result_v1.json").read_text())
+    assert old.sources is None
+    with_sources = old.model_copy(update={"sources": [Source(url="https://a.example/", title="A")]})
+    assert TurnResult.model_validate_json(with_sources.model_dump_json()) == with_sources
+    done = DoneEvent(
+        reply="r",
+        conversation_id="c",
+        provider="groq",
+        message_id="m",
+        sources=[Source(url="https://a.example/", title="A")],
+    )
+    env = decode_envelope(encode_envelope(4, done))
+    assert env.payload()["sources"] == [{"url": "https://a.example/", "title": "A"}]
+    assert parse_public(env.data) == done

@@ -187,7 +187,9 @@ def _schemas() -> dict[str, Schema]:
                 "web": {
                     "type": "boolean",
                     "default": False,
-                    "description": "Web tools (this release answers `true` with a 400).",
+                    "description": "Offer the model web search and web fetch tools; each "
+                    "tool step is a `status` event and `done` lists the `sources`. A 400 "
+                    "when no web search backend is configured.",
                 },
                 "image_base64": {
                     "type": "string",
@@ -243,7 +245,13 @@ def _schemas() -> dict[str, Schema]:
                 "message_id": {"type": ["string", "null"]},
                 "model": {"type": ["string", "null"]},
                 "usage": _nullable(_ref("Usage")),
+                "sources": _nullable({"type": "array", "items": _ref("Source")}),
             },
+        ),
+        "Source": _obj(
+            ["url", "title"],
+            {"url": {"type": "string"}, "title": {"type": "string"}},
+            description="A web page a `web: true` reply drew on.",
         ),
         "ErrorEvent": _obj(
             ["type", "error", "conversation_id", "provider"],
@@ -304,8 +312,10 @@ def _schemas() -> dict[str, Schema]:
                 "model": {"type": "string"},
                 "reasoning": {"type": "string"},
                 "usage": _ref("Usage"),
+                "sources": {"type": "array", "items": _ref("Source")},
             },
-            description="`provider`, `model`, `reasoning` and `usage` appear where known.",
+            description="`provider`, `model`, `reasoning` and `usage` appear where known; "
+            "`sources` on the replies of `web: true` turns.",
         ),
         "MessageList": _obj(
             ["conversation_id", "messages", "next_before"],

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 from parley_common.providers import ProviderSettings
+from parley_common.web import WebSearchSettings
 from pydantic import Field, SecretStr
 
 
-class GatewaySettings(ProviderSettings):
+class GatewaySettings(ProviderSettings, WebSearchSettings):
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
     auth_jwt_secret: SecretStr | None = None

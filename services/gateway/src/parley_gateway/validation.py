@@ -104,8 +104,6 @@ def parse_chat_request(body: dict[str, Any], max_text_chars: int) -> ChatRequest
     stream = _bool(body, "stream", False)
     image_base64 = _opt_str(body, "image_base64")
     image_mime = _opt_str(body, "image_mime")
-    if web:
-        raise BadRequest("web: web search and fetch tools are not supported yet")
     return ChatRequest(
         text=text,
         provider=provider,

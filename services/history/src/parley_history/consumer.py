@@ -144,6 +144,7 @@ class TurnConsumer:
                 message_id=message_id,
                 model=result.model,
                 usage=result.usage,
+                sources=result.sources,
             )
         else:
             event = ErrorEvent(

@@ -78,6 +78,13 @@ def render_message(doc: Doc) -> dict[str, Any]:
             "input_tokens": usage.get("input_tokens"),
             "output_tokens": usage.get("output_tokens"),
         }
+    sources = doc.get("sources")
+    if isinstance(sources, list):
+        out["sources"] = [
+            {"url": str(s.get("url", "")), "title": str(s.get("title", ""))}
+            for s in sources
+            if isinstance(s, dict)
+        ]
     return out
 
 

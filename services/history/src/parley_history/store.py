@@ -4,7 +4,7 @@ Collections (docs/history-schema.md has the full schema and the reasons):
 - `conversations`: `_id` (the conversation id), `user_id`, `channel`, `title`,
   `folder_id`, `created_at`, `updated_at`, `next_seq`.
 - `messages`: `_id` (message id), `conversation_id`, `user_id`, `seq`, `role`,
-  `content`, `status`, `provider`, `model`, `reasoning`, `usage`, `job_id`,
+  `content`, `status`, `provider`, `model`, `reasoning`, `usage`, `sources`, `job_id`,
   `image`, `error`, `created_at`.
 - `folders`: `_id` (`fld-<random>`), `user_id`, `name`, `created_at`, `updated_at`.
 - `user_settings`: `_id` (the user id), `default_provider`, `updated_at`.
@@ -59,6 +59,7 @@ _MESSAGE_FIELDS = {
     "model": 1,
     "reasoning": 1,
     "usage": 1,
+    "sources": 1,
     "seq": 1,
 }
 
@@ -354,6 +355,9 @@ class Store:
             "error": result.error,
             "created_at": result.finished_at,
         }
+        if result.sources is not None:
+            # The pages a `web: true` reply drew on.
+            doc["sources"] = [s.model_dump() for s in result.sources]
         with contextlib.suppress(DuplicateKeyError):
             await self.messages.insert_one(doc)
         return msg_id

@@ -13,6 +13,7 @@ import time
 from contextlib import AsyncExitStack
 
 import aio_pika
+import aiormq
 import redis.asyncio as aioredis
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
@@ -33,6 +34,9 @@ from parley_worker.settings import WorkerSettings
 from parley_worker.turn import Outcome, RetryPolicy, TurnRunner
 
 log = structlog.get_logger("parley_worker.consumer")
+
+# How long a finished turn's result waits for the broker connection to come back.
+RESULT_PUBLISH_PATIENCE = 30.0
 
 _ROUTING = {
     TurnStatus.complete: TURN_COMPLETED,
@@ -308,16 +312,28 @@ class Worker:
         )
 
     async def _publish_result(self, result: TurnResult) -> None:
+        """Publish the result, confirmed. While the broker connection is being restored
+        the job's channel can come back before the result channel; then wait for it
+        (bounded) instead of handing the job back at once, since every hand-back counts
+        towards the delivery limit and a few would dead-letter a healthy job."""
         assert self._exchanges is not None
-        await self._exchanges.events.publish(
-            aio_pika.Message(
-                body=result.model_dump_json().encode(),
-                content_type="application/json",
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                message_id=result.job_id,
-                type=TURN_TYPE,
-                headers={"request_id": result.request_id, "schema_version": result.v},
-            ),
-            routing_key=_ROUTING[result.status],
-            mandatory=True,
+        message = aio_pika.Message(
+            body=result.model_dump_json().encode(),
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=result.job_id,
+            type=TURN_TYPE,
+            headers={"request_id": result.request_id, "schema_version": result.v},
         )
+        deadline = time.monotonic() + RESULT_PUBLISH_PATIENCE
+        while True:
+            try:
+                await self._exchanges.events.publish(
+                    message, routing_key=_ROUTING[result.status], mandatory=True
+                )
+                return
+            except (aiormq.exceptions.ChannelInvalidStateError, ConnectionError) as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("job.result_publish_retry", error_type=type(exc).__name__)
+                await asyncio.sleep(0.5)

@@ -2,10 +2,15 @@ from __future__ import annotations
 
 from parley_common.providers import ProviderSettings
 from parley_common.topology import PROVIDERS
+from parley_common.web import WebSearchSettings
 from pydantic import Field
 
+DEFAULT_FETCH_CONTENT_TYPES = (
+    "text/html,application/xhtml+xml,text/plain,text/markdown,application/json"
+)
 
-class WorkerSettings(ProviderSettings):
+
+class WorkerSettings(ProviderSettings, WebSearchSettings):
     worker_host: str = "127.0.0.1"
     worker_port: int = 8082
     # Comma-separated providers this process serves; empty = every configured one.
@@ -37,10 +42,30 @@ class WorkerSettings(ProviderSettings):
     provider_disable_seconds: int = Field(default=300, ge=1)
     # On SIGTERM, how long running turns may take to finish before being failed.
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    # Web tools (`web: true`, docs/web-tools.md): model turns that may ask for tools.
+    web_max_tool_steps: int = Field(default=4, ge=1, le=20)
+    web_search_max_results: int = Field(default=5, ge=1, le=20)
+    web_search_timeout: float = Field(default=10.0, gt=0)
+    # Tests only: let web_fetch reach loopback, private and link-local addresses.
+    web_fetch_allow_private: bool = False
+    web_fetch_connect_timeout: float = Field(default=5.0, gt=0)
+    # The longest silence while reading a page, and the longest a whole fetch may take.
+    web_fetch_read_timeout: float = Field(default=10.0, gt=0)
+    web_fetch_total_timeout: float = Field(default=20.0, gt=0)
+    web_fetch_max_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    web_fetch_max_redirects: int = Field(default=5, ge=0, le=20)
+    # Characters of a page's text passed to the model.
+    web_fetch_max_chars: int = Field(default=12_000, ge=200)
+    web_fetch_content_types: str = DEFAULT_FETCH_CONTENT_TYPES
 
     def fallback_providers(self) -> list[str]:
         names = [p.strip() for p in self.fallback_chain.split(",") if p.strip()]
         return [p for p in names if p in PROVIDERS]
+
+    def fetch_content_types(self) -> frozenset[str]:
+        return frozenset(
+            t.strip().lower() for t in self.web_fetch_content_types.split(",") if t.strip()
+        )
 
     def concurrency_for(self, provider: str) -> int:
         for item in self.provider_concurrency.split(","):

@@ -9,6 +9,11 @@
   a `ping`, `message_delta` (stop reason and usage), `message_stop`.
 - Thinking is streamed when the `reasoning` directive is given or the request
   enables `thinking`.
+- Tool calls (`[[sim:tool=A,B]]`, see `toolcalls.py`; none when `tool_choice` is
+  `none`). Checked as the API does: `tool_use`/`tool_result` blocks need `tools`;
+  each `tool_result` answers a `tool_use` of the assistant turn just before it;
+  with thinking enabled, an assistant turn with `tool_use` must start with its
+  (signed) thinking block.
 - Errors are `{"type": "error", "error": {"type": ..., "message": ...}}` with the
   HTTP status, a `request-id` header and `retry-after` when scripted; an in-stream
   failure (`stream-error=TYPE`) is an `error` event.
@@ -24,6 +29,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from parley_sim import toolcalls
 from parley_sim.media import Image, decoded_size, parse_extras, reply_text
 from parley_sim.script import Script, approx_tokens, parse_script, words
 from parley_sim.server import STATE, _cut, _delay, _should_fail
@@ -133,12 +139,67 @@ def _validate(body: Any) -> str | None:
     return None
 
 
-def _tool_input(tool: dict[str, Any], text: str) -> dict[str, Any]:
-    props = (tool.get("input_schema") or {}).get("properties") or {}
-    for name, schema in props.items():
-        if isinstance(schema, dict) and schema.get("type", "string") == "string":
-            return {name: text}
-    return {}
+def _blocks(message: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    content = message.get("content")
+    if not isinstance(content, list):
+        return []
+    return [b for b in content if isinstance(b, dict) and b.get("type") == kind]
+
+
+def _is_tool_results(message: dict[str, Any]) -> bool:
+    content = message.get("content")
+    return isinstance(content, list) and all(
+        isinstance(b, dict) and b.get("type") == "tool_result" for b in content
+    )
+
+
+def _tool_rounds(body: dict[str, Any]) -> tuple[int, list[str], str | None]:
+    """Tool rounds after the question (the last user turn that is not tool results),
+    their results, and a protocol error."""
+    msgs: list[dict[str, Any]] = body["messages"]
+    question = max(
+        (i for i, m in enumerate(msgs) if m["role"] == "user" and not _is_tool_results(m)),
+        default=-1,
+    )
+    thinking = body.get("thinking")
+    thinking_on = isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
+    uses_tools = any(_blocks(m, "tool_use") or _blocks(m, "tool_result") for m in msgs)
+    if uses_tools and not body.get("tools"):
+        return 0, [], "Requests which include `tool_use` or `tool_result` blocks must define tools."
+    rounds = 0
+    results: list[str] = []
+    for i, m in enumerate(msgs):
+        if m["role"] == "assistant" and _blocks(m, "tool_use"):
+            first = m["content"][0] if isinstance(m["content"], list) else {}
+            if thinking_on and first.get("type") not in ("thinking", "redacted_thinking"):
+                return (
+                    0,
+                    [],
+                    (
+                        f"messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, "
+                        f"but found `{first.get('type')}`. When `thinking` is enabled, a final "
+                        "`assistant` message must start with a thinking block."
+                    ),
+                )
+            if any(not b.get("signature") for b in _blocks(m, "thinking")):
+                return 0, [], f"messages.{i}: thinking block is missing its signature"
+            rounds += i > question
+        for block in _blocks(m, "tool_result"):
+            before = msgs[i - 1] if i > 0 else {}
+            asked = {b.get("id") for b in _blocks(before, "tool_use")}
+            if before.get("role") != "assistant" or block.get("tool_use_id") not in asked:
+                return (
+                    0,
+                    [],
+                    (
+                        f"messages.{i}.content: unexpected `tool_use_id` found in `tool_result` "
+                        "blocks. Each `tool_result` block must have a corresponding `tool_use` "
+                        "block in the previous message."
+                    ),
+                )
+            if i > question:
+                results.append(_block_text(block))
+    return rounds, results, None
 
 
 def _find_tool(body: dict[str, Any], name: str | None) -> dict[str, Any] | None:
@@ -181,7 +242,9 @@ async def messages(request: web.Request) -> web.StreamResponse:
         return error_response(400, problem)
 
     msgs: list[dict[str, Any]] = body["messages"]
-    last_user: dict[str, Any] = next((m for m in reversed(msgs) if m.get("role") == "user"), {})
+    last_user: dict[str, Any] = next(
+        (m for m in reversed(msgs) if m.get("role") == "user" and not _is_tool_results(m)), {}
+    )
     text = _content_text(last_user.get("content"))
     script = parse_script(text)
     if _should_fail(state, script, text):
@@ -192,8 +255,14 @@ async def messages(request: web.Request) -> web.StreamResponse:
     think = script.reasoning or (
         isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
     )
-    tool = _find_tool(body, extras.tool)
-    reply = reply_text(script, _images(last_user.get("content")))
+    rounds, results, problem = _tool_rounds(body)
+    if problem is not None:
+        return error_response(400, problem)
+    choice = body.get("tool_choice")
+    allowed = not (isinstance(choice, dict) and choice.get("type") == "none")
+    declared = [str(t.get("name")) for t in body.get("tools") or [] if isinstance(t, dict)]
+    tool = _find_tool(body, toolcalls.next_tool(extras.tool, rounds, declared, allowed))
+    reply = toolcalls.answer(reply_text(script, _images(last_user.get("content"))), results)
     input_tokens = approx_tokens(_system_text(body.get("system"))) + sum(
         approx_tokens(_content_text(m.get("content"))) for m in msgs
     )
@@ -205,7 +274,10 @@ async def messages(request: web.Request) -> web.StreamResponse:
     reasoning = script.reasoning_text() if think else ""
     signature = base64.b64encode(secrets.token_bytes(48)).decode()
     tool_id = f"toolu_{secrets.token_hex(12)}"
-    tool_json = orjson.dumps(_tool_input(tool, script.text)).decode() if tool else ""
+    tool_json = ""
+    if tool is not None:
+        props = (tool.get("input_schema") or {}).get("properties")
+        tool_json = orjson.dumps(toolcalls.arguments(props, script.text, results)).decode()
     output_tokens = (approx_tokens(reasoning) if think else 0) + (
         approx_tokens(tool_json) if tool else approx_tokens("".join(chunks))
     )

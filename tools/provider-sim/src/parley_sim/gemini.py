@@ -10,6 +10,10 @@ Also the non-streaming `:generateContent`.
   `thinkingConfig.includeThoughts` is set), then text parts, the last one with
   `finishReason: STOP`; every chunk has `usageMetadata`, `modelVersion`, `responseId`.
 - Only `alt=sse` streams (what the SDKs ask for), not the JSON-array form.
+- Tool calls (`[[sim:tool=A,B]]`, see `toolcalls.py`; none when
+  `toolConfig.functionCallingConfig.mode` is `NONE`) are `functionCall` parts
+  carrying a `thoughtSignature`; a model turn sent back without the signature on
+  its `functionCall` parts is a 400, as Gemini 3 answers.
 - Errors are `{"error": {"code", "message", "status", "details"}}`; a scripted
   `retry-after` is sent both as a header and as a `google.rpc.RetryInfo` detail. An
   in-stream failure (`stream-error=STATUS`) is a `data: {"error": ...}` event.
@@ -18,12 +22,14 @@ Also the non-streaming `:generateContent`.
 from __future__ import annotations
 
 import asyncio
+import base64
 import secrets
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from parley_sim import toolcalls
 from parley_sim.media import Image, decoded_size, parse_extras, reply_text
 from parley_sim.script import approx_tokens, parse_script, words
 from parley_sim.server import STATE, _cut, _delay, _should_fail
@@ -129,14 +135,56 @@ def _function(body: dict[str, Any], name: str | None) -> dict[str, Any] | None:
     return None
 
 
-def _function_args(decl: dict[str, Any], text: str) -> dict[str, Any]:
+def _function_args(decl: dict[str, Any], text: str, results: list[str]) -> dict[str, Any]:
     schema = (
         decl.get("parameters") or _get(decl, "parametersJsonSchema", "parameters_json_schema") or {}
     )
-    for name, prop in (schema.get("properties") or {}).items():
-        if isinstance(prop, dict) and str(prop.get("type", "string")).lower() == "string":
-            return {name: text}
-    return {}
+    return toolcalls.arguments(schema.get("properties"), text, results)
+
+
+def _has_text(content: dict[str, Any]) -> bool:
+    return any(isinstance(p, dict) and isinstance(p.get("text"), str) for p in content["parts"])
+
+
+def _response_text(fr: Any) -> str:
+    response = fr.get("response") if isinstance(fr, dict) else None
+    if isinstance(response, dict):
+        for key in ("output", "error", "result"):
+            if isinstance(response.get(key), str):
+                return str(response[key])
+    return orjson.dumps(response).decode()
+
+
+def _tool_rounds(contents: list[dict[str, Any]]) -> tuple[int, list[str], str | None]:
+    """Model turns after the question (the last user turn with text), the function
+    responses after it, and a protocol error."""
+    question = max(
+        (i for i, c in enumerate(contents) if c.get("role", "user") == "user" and _has_text(c)),
+        default=-1,
+    )
+    rounds = 0
+    results: list[str] = []
+    for i, c in enumerate(contents[question + 1 :], question + 1):
+        parts = [p for p in c["parts"] if isinstance(p, dict)]
+        if c.get("role") == "model":
+            calls = [p for p in parts if _get(p, "functionCall", "function_call") is not None]
+            if calls and not _get(calls[0], "thoughtSignature", "thought_signature"):
+                return (
+                    0,
+                    [],
+                    (
+                        f"Function call is missing a thought_signature in functionCall parts. "
+                        f"This is required for tools to work correctly, and missing "
+                        f"thought_signature may lead to degraded model performance. "
+                        f"(contents[{i}].parts[0])"
+                    ),
+                )
+            rounds += bool(calls)
+        for p in parts:
+            fr = _get(p, "functionResponse", "function_response")
+            if fr is not None:
+                results.append(_response_text(fr))
+    return rounds, results, None
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
@@ -181,7 +229,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return error_response(400, problem)
 
     contents: list[dict[str, Any]] = body["contents"]
-    users = [c for c in contents if c.get("role", "user") == "user"]
+    users = [c for c in contents if c.get("role", "user") == "user" and _has_text(c)]
     last_user: dict[str, Any] = users[-1] if users else {}
     text = _parts_text(last_user.get("parts"))
     script = parse_script(text)
@@ -193,8 +241,20 @@ async def handle(request: web.Request) -> web.StreamResponse:
     thinking = _get(config, "thinkingConfig", "thinking_config") or {}
     show_thoughts = bool(_get(thinking, "includeThoughts", "include_thoughts"))
     reasoning = script.reasoning_text() if script.reasoning else ""
-    decl = _function(body, extras.tool)
-    reply = reply_text(script, _images(last_user.get("parts")))
+    rounds, results, problem = _tool_rounds(contents)
+    if problem is not None:
+        return error_response(400, problem)
+    tool_config = _get(body, "toolConfig", "tool_config") or {}
+    calling = _get(tool_config, "functionCallingConfig", "function_calling_config") or {}
+    allowed = str(calling.get("mode", "AUTO")).upper() != "NONE"
+    declared = [
+        str(d.get("name"))
+        for t in body.get("tools") or []
+        for d in _get(t, "functionDeclarations", "function_declarations") or []
+        if isinstance(d, dict)
+    ]
+    decl = _function(body, toolcalls.next_tool(extras.tool, rounds, declared, allowed))
+    reply = toolcalls.answer(reply_text(script, _images(last_user.get("parts"))), results)
     chunks = words(reply)
     system = _get(body, "systemInstruction", "system_instruction")
     prompt_tokens = sum(approx_tokens(_parts_text(c.get("parts"))) for c in contents)
@@ -229,8 +289,12 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return orjson.dumps(obj)
 
     if decl is not None:
+        args = _function_args(decl, script.text, results)
         answer_parts: list[dict[str, Any]] = [
-            {"functionCall": {"name": decl["name"], "args": _function_args(decl, script.text)}}
+            {
+                "functionCall": {"name": decl["name"], "args": args},
+                "thoughtSignature": base64.b64encode(secrets.token_bytes(24)).decode(),
+            }
         ]
     else:
         answer_parts = [{"text": part} for part in chunks]

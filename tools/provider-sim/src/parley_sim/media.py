@@ -1,12 +1,14 @@
 """Helpers shared by the simulated protocols: images, extra directives, reply text.
 
-Besides the directives in `script.py`, the native protocols (Anthropic, Gemini,
-Ollama) understand two more, read from the same last user message:
+Besides the directives in `script.py`, two more are read from the same last user
+message:
 
-| directive             | effect                                                       |
-|-----------------------|--------------------------------------------------------------|
-| `tool=NAME`           | when the request declares tools, call NAME instead of answering |
-| `stream-error=TYPE`   | after the first text chunk, send the protocol's in-stream error |
+| directive           | effect                                                        |
+|---------------------|---------------------------------------------------------------|
+| `tool=A,B,…`        | call the declared tools in turn across rounds (every protocol; |
+|                     | see `toolcalls.py`)                                           |
+| `stream-error=TYPE` | after the first text chunk, send the protocol's in-stream     |
+|                     | error (Anthropic, Gemini, Ollama)                             |
 
 An image in the last user message is acknowledged in the echo:
 `Echo: <text> [image: image/png, 68 bytes]`.

@@ -9,6 +9,9 @@
 - Images are raw base64 strings in `messages[].images`.
 - No auth, like a local Ollama; a bearer token `invalid-key` (as sent to ollama.com)
   is rejected with 401.
+- Tool calls (`[[sim:tool=A,B]]`, see `toolcalls.py`) arrive whole in one line's
+  `message.tool_calls` (no ids, arguments as an object); results come back as
+  `role: tool` messages.
 - Errors are `{"error": "<message>"}` with the HTTP status (and `retry-after` when
   scripted); an in-stream failure (`stream-error=MESSAGE`) is an `{"error": ...}` line.
 """
@@ -23,6 +26,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from parley_sim import toolcalls
 from parley_sim.media import Image, parse_extras, reply_text, rfc3339_now, sniff_mime
 from parley_sim.script import approx_tokens, parse_script, words
 from parley_sim.server import STATE, _cut, _delay, _should_fail
@@ -70,11 +74,13 @@ def _tool(body: dict[str, Any], name: str | None) -> dict[str, Any] | None:
     return None
 
 
-def _tool_args(fn: dict[str, Any], text: str) -> dict[str, Any]:
-    for name, prop in ((fn.get("parameters") or {}).get("properties") or {}).items():
-        if isinstance(prop, dict) and prop.get("type", "string") == "string":
-            return {name: text}
-    return {}
+def _tool_rounds(msgs: list[dict[str, Any]]) -> tuple[int, list[str]]:
+    """Assistant tool-call turns after the last user message, and the tool results."""
+    last_user = max((i for i, m in enumerate(msgs) if m.get("role") == "user"), default=-1)
+    after = msgs[last_user + 1 :]
+    rounds = sum(1 for m in after if m.get("role") == "assistant" and m.get("tool_calls"))
+    results = [str(m.get("content") or "") for m in after if m.get("role") == "tool"]
+    return rounds, results
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
@@ -104,8 +110,14 @@ async def chat(request: web.Request) -> web.StreamResponse:
     think = body.get("think")
     thinking = think is True or (script.reasoning and think is not False)
     reasoning = script.reasoning_text() if thinking else ""
-    fn = _tool(body, extras.tool)
-    reply = reply_text(script, images)
+    rounds, results = _tool_rounds(msgs)
+    declared = [
+        str((t.get("function") or {}).get("name"))
+        for t in body.get("tools") or []
+        if isinstance(t, dict)
+    ]
+    fn = _tool(body, toolcalls.next_tool(extras.tool, rounds, declared))
+    reply = toolcalls.answer(reply_text(script, images), results)
     prompt_tokens = sum(approx_tokens(str(m.get("content") or "")) for m in msgs)
     eval_tokens = approx_tokens(reply) + (approx_tokens(reasoning) if reasoning else 0)
 
@@ -130,7 +142,16 @@ async def chat(request: web.Request) -> web.StreamResponse:
         "eval_duration": 1_000_000_000,
     }
     tool_calls = (
-        [{"function": {"name": fn["name"], "arguments": _tool_args(fn, script.text)}}]
+        [
+            {
+                "function": {
+                    "name": fn["name"],
+                    "arguments": toolcalls.arguments(
+                        (fn.get("parameters") or {}).get("properties"), script.text, results
+                    ),
+                }
+            }
+        ]
         if fn is not None
         else None
     )

@@ -14,6 +14,11 @@ Directives are `[[sim:NAME]]` or `[[sim:NAME=VALUE]]` anywhere in the text:
 | `tokens=N`           | answer with N generated words                                 |
 | `chunk-bytes=N`      | with `tokens`, pad each generated word to N bytes              |
 | `fail-only=NAME`     | with `status`, fail only on that route (see `route_name`)     |
+| `tool=A,B,…`         | when the request declares tools, call A, then (once A's result |
+|                      | is back) B, …, then answer quoting the last result; a `url`   |
+|                      | argument takes the first URL of the previous result (so       |
+|                      | `tool=web_search,web_fetch` reads the first hit); see         |
+|                      | `toolcalls.py` (every protocol)                               |
 
 Without directives the reply is `Echo: <text>` (directives removed), streamed
 word by word, so tests know exactly what to expect.

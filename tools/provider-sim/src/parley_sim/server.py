@@ -6,6 +6,12 @@
   `stream_options.include_usage` is set; errors as `{"error": {...}}` bodies.
 - OpenAI Responses: `POST /v1/responses`, `stream: true` as typed SSE events
   (`response.created` … `response.completed`).
+- Tool calls (`[[sim:tool=A,B]]`, see `toolcalls.py`): Chat Completions streams
+  `delta.tool_calls` fragments and ends with `finish_reason: tool_calls`; Responses
+  streams a `function_call` output item with `response.function_call_arguments.*`
+  events. Results must come back natively (`role: tool` answering an earlier
+  `tool_calls` id; `function_call_output` answering an earlier `function_call`),
+  else a 400 as the real APIs answer.
 - Anthropic Messages, Gemini and Ollama: see `anthropic.py`, `gemini.py`, `ollama.py`.
 
 An image in the last user message is acknowledged in the echo reply
@@ -27,7 +33,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from parley_sim.media import openai_images, reply_text
+from parley_sim import toolcalls
+from parley_sim.media import openai_images, parse_extras, reply_text
 from parley_sim.script import Script, approx_tokens, parse_script, words
 
 
@@ -54,6 +61,47 @@ ERROR_TYPES = {
     502: "server_error",
     503: "server_error",
 }
+
+
+def _bad_request(message: str, param: str | None = None) -> web.Response:
+    return web.json_response(
+        {
+            "error": {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": param,
+                "code": None,
+            }
+        },
+        status=400,
+    )
+
+
+def _chat_tool_rounds(messages: list[dict[str, Any]]) -> tuple[int, list[str], str | None]:
+    """Tool rounds after the last user message, their results, and a protocol error."""
+    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+    rounds = 0
+    results: list[str] = []
+    called: set[str] = set()
+    for i, m in enumerate(messages):
+        if m.get("role") == "assistant":
+            ids = {str(c.get("id")) for c in m.get("tool_calls") or [] if isinstance(c, dict)}
+            called |= ids
+            if i > last_user and ids:
+                rounds += 1
+        elif m.get("role") == "tool":
+            if str(m.get("tool_call_id")) not in called:
+                return (
+                    0,
+                    [],
+                    (
+                        "Invalid parameter: messages with role 'tool' must be a response to a "
+                        "preceeding message with 'tool_calls'."
+                    ),
+                )
+            if i > last_user:
+                results.append(str(m.get("content") or ""))
+    return rounds, results, None
 
 
 def _last_user_text(messages: list[dict[str, Any]]) -> str:
@@ -149,11 +197,33 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     script = parse_script(text)
     if _should_fail(state, script, text, route_name(request.path)):
         return _error_response(script)
+    rounds, results, problem = _chat_tool_rounds(messages)
+    if problem is not None:
+        return _bad_request(problem, "messages")
+    tools = {
+        str((t.get("function") or {}).get("name")): t.get("function") or {}
+        for t in body.get("tools") or []
+        if isinstance(t, dict)
+    }
+    tool_name = toolcalls.next_tool(
+        parse_extras(text).tool, rounds, tools, body.get("tool_choice") != "none"
+    )
     model = body.get("model", "sim-model")
     cid = f"chatcmpl-{secrets.token_hex(8)}"
     created = int(time.time())
-    reply = reply_text(script, openai_images(messages))
+    reply = toolcalls.answer(reply_text(script, openai_images(messages)), results)
     prompt_tokens = sum(approx_tokens(str(m.get("content", ""))) for m in messages)
+    call: dict[str, Any] | None = None
+    if tool_name is not None:
+        args = toolcalls.arguments(
+            (tools[tool_name].get("parameters") or {}).get("properties"), script.text, results
+        )
+        call = {
+            "id": f"call_{secrets.token_hex(12)}",
+            "type": "function",
+            "function": {"name": tool_name, "arguments": orjson.dumps(args).decode()},
+        }
+        reply = ""
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
         obj = {
@@ -167,6 +237,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return b"data: " + orjson.dumps(obj) + b"\n\n"
 
     if not body.get("stream"):
+        message: dict[str, Any] = {"role": "assistant", "content": reply}
+        if call is not None:
+            message = {"role": "assistant", "content": None, "tool_calls": [call]}
         return web.json_response(
             {
                 "id": cid,
@@ -176,8 +249,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": reply},
-                        "finish_reason": "stop",
+                        "message": message,
+                        "finish_reason": "tool_calls" if call is not None else "stop",
                     }
                 ],
                 "usage": {
@@ -197,13 +270,23 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             for part in words(script.reasoning_text()):
                 await _delay(script)
                 await resp.write(chunk({"reasoning": part}))
-        for i, part in enumerate(words(reply)):
+        if call is not None:
+            # The id, type and name first, then the JSON arguments in pieces.
+            fn = call["function"]
+            head = {**call, "function": {"name": fn["name"], "arguments": ""}}
+            await resp.write(chunk({"tool_calls": [{"index": 0, **head}]}))
+            arguments = fn["arguments"]
+            for start in range(0, len(arguments), 8):
+                await _delay(script)
+                piece = {"index": 0, "function": {"arguments": arguments[start : start + 8]}}
+                await resp.write(chunk({"tool_calls": [piece]}))
+        for i, part in enumerate(words(reply) if call is None else []):
             if script.drop_after is not None and i >= script.drop_after:
                 _cut(request)
                 return resp
             await _delay(script)
             await resp.write(chunk({"content": part}))
-        await resp.write(chunk({}, finish="stop"))
+        await resp.write(chunk({}, finish="stop" if call is None else "tool_calls"))
         if (body.get("stream_options") or {}).get("include_usage"):
             usage = {
                 "id": cid,
@@ -237,6 +320,27 @@ async def _delay(script: Script) -> None:
         await asyncio.sleep(script.delay_ms / 1000)
 
 
+def _response_tool_rounds(body: dict[str, Any]) -> tuple[int, list[str], str | None]:
+    """Function calls after the last user item, their outputs, and a protocol error."""
+    inp = body.get("input")
+    items = [i for i in inp if isinstance(i, dict)] if isinstance(inp, list) else []
+    last_user = max((n for n, i in enumerate(items) if i.get("role") == "user"), default=-1)
+    rounds = 0
+    results: list[str] = []
+    called: set[str] = set()
+    for n, item in enumerate(items):
+        if item.get("type") == "function_call":
+            called.add(str(item.get("call_id")))
+            rounds += n > last_user
+        elif item.get("type") == "function_call_output":
+            call_id = str(item.get("call_id"))
+            if call_id not in called:
+                return 0, [], f"No tool call found for function call output with call_id {call_id}."
+            if n > last_user:
+                results.append(str(item.get("output") or ""))
+    return rounds, results, None
+
+
 def _response_text(body: dict[str, Any]) -> tuple[str, int]:
     inp = body.get("input")
     if isinstance(inp, str):
@@ -245,6 +349,9 @@ def _response_text(body: dict[str, Any]) -> tuple[str, int]:
     total = 0
     for item in inp or []:
         if not isinstance(item, dict):
+            continue
+        if item.get("type") in ("function_call", "function_call_output"):
+            total += approx_tokens(str(item.get("arguments") or item.get("output") or ""))
             continue
         content = item.get("content")
         parts = content if isinstance(content, list) else [{"text": content}]
@@ -265,10 +372,35 @@ async def responses(request: web.Request) -> web.StreamResponse:
     script = parse_script(text)
     if _should_fail(state, script, text):
         return _error_response(script)
+    rounds, results, problem = _response_tool_rounds(body)
+    if problem is not None:
+        return _bad_request(problem, "input")
+    tools = {
+        str(t.get("name")): t
+        for t in body.get("tools") or []
+        if isinstance(t, dict) and t.get("type") == "function"
+    }
+    tool_name = toolcalls.next_tool(
+        parse_extras(text).tool, rounds, tools, body.get("tool_choice") != "none"
+    )
     model = body.get("model", "sim-model")
     rid = f"resp_{secrets.token_hex(8)}"
     msg_id = f"msg_{secrets.token_hex(8)}"
-    reply = reply_text(script, openai_images(body.get("input")))
+    reply = toolcalls.answer(reply_text(script, openai_images(body.get("input"))), results)
+    call_item: dict[str, Any] | None = None
+    if tool_name is not None:
+        args = toolcalls.arguments(
+            (tools[tool_name].get("parameters") or {}).get("properties"), script.text, results
+        )
+        call_item = {
+            "id": f"fc_{secrets.token_hex(8)}",
+            "type": "function_call",
+            "status": "in_progress",
+            "arguments": "",
+            "call_id": f"call_{secrets.token_hex(12)}",
+            "name": tool_name,
+        }
+        reply = orjson.dumps(args).decode()
     created = int(time.time())
     seq = 0
 
@@ -342,6 +474,40 @@ async def responses(request: web.Request) -> web.StreamResponse:
             await send(resp, "response.output_item.done", output_index=0, item=done_item)
             output.append(done_item)
             out_index = 1
+        if call_item is not None:
+            await send(resp, "response.output_item.added", output_index=out_index, item=call_item)
+            for start in range(0, len(reply), 8):
+                await _delay(script)
+                await send(
+                    resp,
+                    "response.function_call_arguments.delta",
+                    item_id=call_item["id"],
+                    output_index=out_index,
+                    delta=reply[start : start + 8],
+                )
+            await send(
+                resp,
+                "response.function_call_arguments.done",
+                item_id=call_item["id"],
+                output_index=out_index,
+                name=call_item["name"],
+                arguments=reply,
+            )
+            done_call = {**call_item, "status": "completed", "arguments": reply}
+            await send(resp, "response.output_item.done", output_index=out_index, item=done_call)
+            output.append(done_call)
+            out_tokens = approx_tokens(reply)
+            usage = {
+                "input_tokens": prompt_tokens,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": out_tokens,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": prompt_tokens + out_tokens,
+            }
+            completed = base_response("completed", output, usage)
+            await send(resp, "response.completed", response=completed)
+            await resp.write_eof()
+            return resp
         item = {
             "id": msg_id,
             "type": "message",

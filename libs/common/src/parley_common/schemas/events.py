@@ -24,6 +24,14 @@ class Usage(BaseModel):
     output_tokens: int | None = None
 
 
+class Source(BaseModel):
+    """A web page a reply drew on (web tools): where it is, and what it is called."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    url: str
+    title: str = ""
+
+
 class MetaEvent(_Event):
     type: Literal["meta"] = "meta"
     conversation_id: str
@@ -54,6 +62,8 @@ class DoneEvent(_Event):
     message_id: str | None
     model: str | None = None
     usage: Usage | None = None
+    # The pages the reply drew on, for a `web: true` turn (null otherwise).
+    sources: list[Source] | None = None
 
 
 class ErrorEvent(_Event):

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from parley_common.schemas.events import Usage
+from parley_common.schemas.events import Source, Usage
 
 SCHEMA_VERSION = 1
 JOB_TYPE = "parley.chat.job.v1"
@@ -78,3 +78,5 @@ class TurnResult(_Wire):
     # Sequence number of the last event the worker published for this job.
     last_seq: int = Field(ge=0)
     finished_at: datetime
+    # The pages the reply drew on, for a `web: true` turn (None otherwise).
+    sources: list[Source] | None = None

@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 import aiohttp
 import structlog
-from parley_common.schemas import ContextMessage, ImageRef
+from parley_common.schemas import ContextMessage, ImageRef, Source
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from yarl import URL
 
@@ -67,6 +67,8 @@ class Message(_Reply):
     model: str | None = None
     reasoning: str | None = None
     usage: MessageUsage | None = None
+    # The pages a `web: true` reply drew on.
+    sources: list[Source] | None = None
 
 
 class MessagePage(_Reply):

@@ -60,6 +60,10 @@ async def chat(request: web.Request) -> web.StreamResponse:
     idem_key = idempotency_key(request)
     body = parse_json_object(await request.read())
     req = parse_chat_request(body, svc.settings.max_text_chars)
+    if req.web and svc.settings.web_search_backend() is None:
+        raise BadRequest(
+            "web: no web search backend is configured", code="web_search_not_configured"
+        )
     image = validate_image(
         req.image_base64,
         req.image_mime,

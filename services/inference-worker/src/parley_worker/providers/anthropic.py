@@ -1,4 +1,12 @@
-"""Claude through the `anthropic` SDK's Messages API, streaming."""
+"""Claude through the `anthropic` SDK's Messages API, streaming.
+
+Tools are `tools: [{name, description, input_schema}]` with `tool_choice`
+`auto` or `none`; a call streams as a `tool_use` content block whose input comes
+in `input_json_delta` pieces (`stop_reason: tool_use`). Its result goes back as
+the assistant turn's content blocks, replayed as received (with extended
+thinking, the signed `thinking` / `redacted_thinking` blocks must come back
+unchanged), then a user turn of `tool_result` blocks.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +17,22 @@ import anthropic
 import httpx2
 from anthropic import AsyncAnthropic, Omit, omit
 from anthropic.types import (
+    InputJSONDelta,
     MessageParam,
     RawContentBlockDeltaEvent,
+    RawContentBlockStartEvent,
+    RawContentBlockStopEvent,
     RawMessageDeltaEvent,
     RawMessageStartEvent,
     RawMessageStopEvent,
+    RedactedThinkingBlock,
+    SignatureDelta,
+    TextBlock,
+    ThinkingBlock,
     ThinkingConfigParam,
+    ToolChoiceParam,
+    ToolParam,
+    ToolUseBlock,
 )
 from anthropic.types import TextDelta as SDKTextDelta
 from anthropic.types import ThinkingDelta as SDKThinkingDelta
@@ -27,8 +45,12 @@ from parley_worker.providers.base import (
     ProviderError,
     ProviderRequest,
     ReasoningDelta,
+    Replay,
     TextDelta,
     Timeouts,
+    ToolCall,
+    ToolStep,
+    parse_arguments,
 )
 
 DEFAULT_MAX_TOKENS = 8192
@@ -54,7 +76,90 @@ def anthropic_messages(request: ProviderRequest) -> tuple[str, list[dict[str, An
             out.append({"role": "user", "content": _image_content(m)})
         elif m.content:
             out.append({"role": m.role, "content": m.content})
+    for step in request.steps:
+        out.extend(_step_messages(step))
     return "\n\n".join(system), out
+
+
+def _step_messages(step: ToolStep) -> list[dict[str, Any]]:
+    content: list[dict[str, Any]]
+    if isinstance(step.replay, list):
+        content = step.replay
+    else:
+        content = [{"type": "text", "text": step.text}] if step.text else []
+        content += [
+            {"type": "tool_use", "id": c.id, "name": c.name, "input": dict(c.arguments)}
+            for c in step.calls
+        ]
+    results = [
+        {
+            "type": "tool_result",
+            "tool_use_id": r.call_id,
+            "content": r.content,
+            "is_error": r.is_error,
+        }
+        for r in step.results
+    ]
+    return [{"role": "assistant", "content": content}, {"role": "user", "content": results}]
+
+
+class _Blocks:
+    """The assistant turn's content blocks as they stream, to replay with tool results."""
+
+    def __init__(self) -> None:
+        self.blocks: dict[int, dict[str, Any]] = {}
+        self.json: dict[int, list[str]] = {}
+
+    def start(self, index: int, block: object) -> None:
+        if isinstance(block, TextBlock):
+            self.blocks[index] = {"type": "text", "text": block.text}
+        elif isinstance(block, ThinkingBlock):
+            self.blocks[index] = {
+                "type": "thinking",
+                "thinking": block.thinking,
+                "signature": block.signature,
+            }
+        elif isinstance(block, RedactedThinkingBlock):
+            self.blocks[index] = {"type": "redacted_thinking", "data": block.data}
+        elif isinstance(block, ToolUseBlock):
+            self.blocks[index] = {"type": "tool_use", "id": block.id, "name": block.name}
+            self.json[index] = []
+
+    def delta(self, index: int, delta: object) -> None:
+        block = self.blocks.get(index)
+        if block is None:
+            return
+        if isinstance(delta, SDKTextDelta) and block["type"] == "text":
+            block["text"] += delta.text
+        elif isinstance(delta, SDKThinkingDelta) and block["type"] == "thinking":
+            block["thinking"] += delta.thinking
+        elif isinstance(delta, SignatureDelta) and block["type"] == "thinking":
+            block["signature"] = delta.signature
+        elif isinstance(delta, InputJSONDelta) and index in self.json:
+            self.json[index].append(delta.partial_json)
+
+    def stop(self, index: int) -> ToolCall | None:
+        block = self.blocks.get(index)
+        if block is None or block["type"] != "tool_use":
+            return None
+        block["input"] = parse_arguments("".join(self.json.get(index, [])))
+        return ToolCall(id=block["id"], name=block["name"], arguments=block["input"])
+
+    def replay(self) -> list[dict[str, Any]]:
+        return [
+            b for _, b in sorted(self.blocks.items()) if not (b["type"] == "text" and not b["text"])
+        ]
+
+
+def anthropic_tools(request: ProviderRequest) -> tuple[list[ToolParam], ToolChoiceParam]:
+    tools: list[ToolParam] = [
+        {"name": t.name, "description": t.description, "input_schema": dict(t.parameters)}
+        for t in request.tools
+    ]
+    choice: ToolChoiceParam = (
+        {"type": "none"} if request.tool_choice == "none" else {"type": "auto"}
+    )
+    return tools, choice
 
 
 def _image_content(m: ContextMessage) -> list[dict[str, Any]]:
@@ -103,6 +208,9 @@ class AnthropicProvider:
         input_tokens: int | None = None
         output_tokens: int | None = None
         finished = False
+        blocks = _Blocks()
+        called = False
+        tools, tool_choice = anthropic_tools(request)
         try:
             stream = await self._client.messages.create(
                 model=self.model,
@@ -111,16 +219,26 @@ class AnthropicProvider:
                 # Built as plain dicts; the API validates them (media types included).
                 messages=cast("list[MessageParam]", messages),
                 thinking=self._thinking,
+                tools=tools or omit,
+                tool_choice=tool_choice if tools else omit,
                 stream=True,
             )
             async with stream:
                 async for event in stream:
                     if isinstance(event, RawContentBlockDeltaEvent):
                         delta = event.delta
+                        blocks.delta(event.index, delta)
                         if isinstance(delta, SDKTextDelta):
                             yield TextDelta(delta.text)
                         elif isinstance(delta, SDKThinkingDelta):
                             yield ReasoningDelta(delta.thinking)
+                    elif isinstance(event, RawContentBlockStartEvent):
+                        blocks.start(event.index, event.content_block)
+                    elif isinstance(event, RawContentBlockStopEvent):
+                        call = blocks.stop(event.index)
+                        if call is not None:
+                            called = True
+                            yield call
                     elif isinstance(event, RawMessageStartEvent):
                         model = event.message.model or model
                         u = event.message.usage
@@ -150,6 +268,8 @@ class AnthropicProvider:
                 code="provider_stream_truncated",
                 retryable=True,
             )
+        if called:
+            yield Replay(blocks.replay())
         usage = Usage(input_tokens=input_tokens, output_tokens=output_tokens)
         yield Finish(model=model or self.model, usage=usage)
 

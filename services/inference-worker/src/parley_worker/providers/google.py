@@ -1,4 +1,11 @@
-"""Gemini through the `google-genai` SDK's `generate_content_stream`."""
+"""Gemini through the `google-genai` SDK's `generate_content_stream`.
+
+Tools are `tools: [{functionDeclarations: [...]}]` with `toolConfig.functionCallingConfig.mode`
+`AUTO` or `NONE` (the SDK's automatic function calling is off: Parley runs the
+tools). A call arrives as a `functionCall` part, often with a `thoughtSignature`;
+the model's parts go back as they came (signatures included, which Gemini
+requires), then a user turn of `functionResponse` parts.
+"""
 
 from __future__ import annotations
 
@@ -19,8 +26,11 @@ from parley_worker.providers.base import (
     ProviderError,
     ProviderRequest,
     ReasoningDelta,
+    Replay,
     TextDelta,
     Timeouts,
+    ToolCall,
+    ToolStep,
 )
 
 # Finish reasons after which the reply is complete.
@@ -51,7 +61,98 @@ def gemini_contents(request: ProviderRequest) -> tuple[str, list[types.Content]]
             out.append(
                 types.Content(role="model" if m.role == "assistant" else "user", parts=parts)
             )
+    for step in request.steps:
+        out.extend(_step_contents(step))
     return "\n\n".join(system), out
+
+
+def _step_contents(step: ToolStep) -> list[types.Content]:
+    parts: list[types.Part]
+    if isinstance(step.replay, list):
+        parts = list(step.replay)
+    else:
+        parts = [types.Part.from_text(text=step.text)] if step.text else []
+        parts += [
+            types.Part(
+                function_call=types.FunctionCall(
+                    id=c.id if c.extra.get("native_id") else None,
+                    name=c.name,
+                    args=dict(c.arguments),
+                )
+            )
+            for c in step.calls
+        ]
+    native_ids = {c.id for c in step.calls if c.extra.get("native_id")}
+    responses = [
+        types.Part(
+            function_response=types.FunctionResponse(
+                id=r.call_id if r.call_id in native_ids else None,
+                name=r.name,
+                response={"error": r.content} if r.is_error else {"output": r.content},
+            )
+        )
+        for r in step.results
+    ]
+    return [types.Content(role="model", parts=parts), types.Content(role="user", parts=responses)]
+
+
+def _tool_config(request: ProviderRequest) -> dict[str, Any]:
+    if not request.tools:
+        return {}
+    declarations = [
+        types.FunctionDeclaration(
+            name=t.name, description=t.description, parameters_json_schema=dict(t.parameters)
+        )
+        for t in request.tools
+    ]
+    mode = (
+        types.FunctionCallingConfigMode.NONE
+        if request.tool_choice == "none"
+        else types.FunctionCallingConfigMode.AUTO
+    )
+    return {
+        "tools": [types.Tool(function_declarations=declarations)],
+        "tool_config": types.ToolConfig(
+            function_calling_config=types.FunctionCallingConfig(mode=mode)
+        ),
+        "automatic_function_calling": types.AutomaticFunctionCallingConfig(disable=True),
+    }
+
+
+class _ModelTurn:
+    """The model's parts as they stream, to replay with the function responses."""
+
+    def __init__(self) -> None:
+        self.parts: list[types.Part] = []
+        self.calls = 0
+
+    def add(self, part: types.Part) -> ToolCall | None:
+        call = part.function_call
+        if call is not None:
+            self.calls += 1
+            self.parts.append(part)
+            return ToolCall(
+                id=call.id or f"call_{self.calls}",
+                name=call.name or "",
+                arguments=call.args or {},
+                extra={"native_id": bool(call.id)},
+            )
+        if part.thought and not part.thought_signature:
+            return None  # a thought summary: not needed back
+        last = self.parts[-1] if self.parts else None
+        if (
+            part.text
+            and not part.thought
+            and not part.thought_signature
+            and last is not None
+            and last.text
+            and not last.thought
+            and not last.thought_signature
+        ):
+            self.parts[-1] = types.Part.from_text(text=last.text + part.text)
+        else:
+            self.parts.append(part)
+        return None
 
 
 def _parts(m: ContextMessage) -> list[types.Part]:
@@ -103,7 +204,9 @@ class GoogleProvider:
             thinking_config=(
                 types.ThinkingConfig(include_thoughts=True) if self._include_thoughts else None
             ),
+            **_tool_config(request),
         )
+        turn = _ModelTurn()
         model: str | None = None
         usage = Usage()
         finish_reason: str | None = None
@@ -134,6 +237,9 @@ class GoogleProvider:
                         finish_reason = candidate.finish_reason.value
                     content = candidate.content
                     for part in (content.parts if content is not None else None) or []:
+                        call = turn.add(part)
+                        if call is not None:
+                            yield call
                         if not part.text:
                             continue
                         if part.thought:
@@ -162,6 +268,8 @@ class GoogleProvider:
                 code="provider_rejected",
                 retryable=False,
             )
+        if turn.calls:
+            yield Replay(turn.parts)
         yield Finish(model=model or self.model, usage=usage)
 
 

@@ -1,4 +1,11 @@
-"""Ollama through the `ollama` SDK's `AsyncClient.chat`, streaming (`/api/chat`)."""
+"""Ollama through the `ollama` SDK's `AsyncClient.chat`, streaming (`/api/chat`).
+
+Tools are `tools: [{type: function, function: {...}}]`; calls arrive whole in a
+message's `tool_calls` (with no ids: the adapter numbers them); results go back
+as the assistant message with its `tool_calls`, then one `role: tool` message
+per call naming the tool (`tool_name`). Ollama has no `tool_choice`: when the
+model must answer, the tools are left out.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +26,8 @@ from parley_worker.providers.base import (
     ReasoningDelta,
     TextDelta,
     Timeouts,
+    ToolCall,
+    ToolStep,
 )
 
 
@@ -32,7 +41,37 @@ def ollama_messages(request: ProviderRequest) -> list[dict[str, Any]]:
             # The SDK base64-encodes raw bytes itself.
             message["images"] = [base64.b64decode(m.image.data_base64)]
         out.append(message)
+    for step in request.steps:
+        out.extend(_step_messages(step))
     return out
+
+
+def _step_messages(step: ToolStep) -> list[dict[str, Any]]:
+    assistant = {
+        "role": "assistant",
+        "content": step.text,
+        "tool_calls": [
+            {"function": {"name": c.name, "arguments": dict(c.arguments)}} for c in step.calls
+        ],
+    }
+    results = [{"role": "tool", "content": r.content, "tool_name": r.name} for r in step.results]
+    return [assistant, *results]
+
+
+def ollama_tools(request: ProviderRequest) -> list[dict[str, Any]] | None:
+    if not request.tools or request.tool_choice == "none":
+        return None
+    return [
+        {
+            "type": "function",
+            "function": {
+                "name": t.name,
+                "description": t.description,
+                "parameters": dict(t.parameters),
+            },
+        }
+        for t in request.tools
+    ]
 
 
 class OllamaProvider:
@@ -64,10 +103,12 @@ class OllamaProvider:
 
     async def stream(self, request: ProviderRequest) -> AsyncIterator[Chunk]:
         finish: Finish | None = None
+        calls = 0
         try:
             stream = await self._client.chat(
                 model=self.model,
                 messages=ollama_messages(request),
+                tools=ollama_tools(request),
                 stream=True,
                 think=self._think,
             )
@@ -78,6 +119,13 @@ class OllamaProvider:
                         yield ReasoningDelta(message.thinking)
                     if message.content:
                         yield TextDelta(message.content)
+                    for tool_call in message.tool_calls or []:
+                        calls += 1
+                        yield ToolCall(
+                            id=f"call_{calls}",
+                            name=tool_call.function.name,
+                            arguments=dict(tool_call.function.arguments or {}),
+                        )
                     if part.done:
                         usage = Usage(
                             input_tokens=part.prompt_eval_count, output_tokens=part.eval_count

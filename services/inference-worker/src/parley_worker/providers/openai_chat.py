@@ -1,8 +1,17 @@
-"""Groq and OpenRouter through the `openai` SDK's Chat Completions streaming API."""
+"""Groq and OpenRouter through the `openai` SDK's Chat Completions streaming API.
+
+Tools are `tools: [{type: function, function: {...}}]`; a call streams as
+`delta.tool_calls[]` fragments (id and name first, then pieces of the JSON
+arguments, keyed by `index`) and ends with `finish_reason: tool_calls`; its
+result goes back as the assistant message's `tool_calls` then a `role: tool`
+message per call.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx2
@@ -19,6 +28,10 @@ from parley_worker.providers.base import (
     ReasoningDelta,
     TextDelta,
     Timeouts,
+    ToolCall,
+    ToolSpec,
+    ToolStep,
+    parse_arguments,
 )
 from parley_worker.providers.openai_errors import map_openai_error, openai_timeout
 
@@ -27,7 +40,49 @@ def chat_messages(request: ProviderRequest) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = [{"role": "system", "content": request.system}]
     for m in request.messages:
         out.append(_message(m))
+    for step in request.steps:
+        out.extend(_step_messages(step))
     return out
+
+
+def chat_tools(tools: tuple[ToolSpec, ...]) -> list[dict[str, Any]]:
+    return [
+        {
+            "type": "function",
+            "function": {
+                "name": t.name,
+                "description": t.description,
+                "parameters": dict(t.parameters),
+            },
+        }
+        for t in tools
+    ]
+
+
+def _step_messages(step: ToolStep) -> list[dict[str, Any]]:
+    assistant: dict[str, Any] = {
+        "role": "assistant",
+        "content": step.text or None,
+        "tool_calls": [
+            {
+                "id": c.id,
+                "type": "function",
+                "function": {"name": c.name, "arguments": json.dumps(dict(c.arguments))},
+            }
+            for c in step.calls
+        ],
+    }
+    results = [
+        {"role": "tool", "tool_call_id": r.call_id, "content": r.content} for r in step.results
+    ]
+    return [assistant, *results]
+
+
+@dataclass(slots=True)
+class _PendingCall:
+    id: str = ""
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
 
 
 def _message(m: ContextMessage) -> dict[str, Any]:
@@ -65,12 +120,17 @@ class OpenAIChatProvider:
         usage = Usage()
         model: str | None = None
         finished = False
+        calls: dict[int, _PendingCall] = {}
+        extra: dict[str, Any] = {}
+        if request.tools:
+            extra = {"tools": chat_tools(request.tools), "tool_choice": request.tool_choice}
         try:
             stream = await self._client.chat.completions.create(  # type: ignore[call-overload]  # messages are plain dicts, not the SDK's TypedDicts
                 model=self.model,
                 messages=chat_messages(request),
                 stream=True,
                 stream_options={"include_usage": True},
+                **extra,
             )
             async with stream:
                 async for chunk in stream:
@@ -89,6 +149,14 @@ class OpenAIChatProvider:
                             yield ReasoningDelta(reasoning)
                         if delta.content:
                             yield TextDelta(delta.content)
+                        for fragment in delta.tool_calls or []:
+                            pending = calls.setdefault(fragment.index, _PendingCall())
+                            pending.id = fragment.id or pending.id
+                            fn = fragment.function
+                            if fn is not None:
+                                pending.name = fn.name or pending.name
+                                if fn.arguments:
+                                    pending.arguments.append(fn.arguments)
         except ProviderError:
             raise
         except (openai.OpenAIError, httpx2.HTTPError) as exc:
@@ -98,5 +166,12 @@ class OpenAIChatProvider:
                 f"{self.name} stream ended before the reply was finished",
                 code="provider_stream_truncated",
                 retryable=True,
+            )
+        for index in sorted(calls):
+            call = calls[index]
+            yield ToolCall(
+                id=call.id or f"call_{index}",
+                name=call.name,
+                arguments=parse_arguments("".join(call.arguments)),
             )
         yield Finish(model=model or self.model, usage=usage)

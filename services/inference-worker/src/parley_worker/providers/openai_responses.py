@@ -1,18 +1,28 @@
-"""OpenAI through the `openai` SDK's Responses API, streaming."""
+"""OpenAI through the `openai` SDK's Responses API, streaming.
+
+Tools are `tools: [{type: function, name, parameters}]`; a call arrives as a
+`function_call` output item (complete in `response.output_item.done`); its result
+goes back as that `function_call` item then a `function_call_output` item with
+the same `call_id`. Requests are not stored (`store: false`), so each call sends
+the whole conversation.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import httpx2
 import openai
-from openai import AsyncOpenAI, AsyncStream
+from openai import AsyncOpenAI, AsyncStream, omit
 from openai.types.responses import (
     ResponseCompletedEvent,
     ResponseErrorEvent,
     ResponseFailedEvent,
+    ResponseFunctionToolCall,
     ResponseIncompleteEvent,
+    ResponseOutputItemDoneEvent,
     ResponseReasoningSummaryTextDeltaEvent,
     ResponseStreamEvent,
     ResponseTextDeltaEvent,
@@ -28,6 +38,10 @@ from parley_worker.providers.base import (
     ReasoningDelta,
     TextDelta,
     Timeouts,
+    ToolCall,
+    ToolSpec,
+    ToolStep,
+    parse_arguments,
 )
 from parley_worker.providers.openai_errors import map_openai_error, openai_timeout
 
@@ -52,6 +66,37 @@ def response_input(messages: list[ContextMessage]) -> list[dict[str, Any]]:
     return out
 
 
+def step_items(step: ToolStep) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    if step.text:
+        out.append({"role": "assistant", "content": [{"type": "output_text", "text": step.text}]})
+    for c in step.calls:
+        out.append(
+            {
+                "type": "function_call",
+                "call_id": c.id,
+                "name": c.name,
+                "arguments": json.dumps(dict(c.arguments)),
+            }
+        )
+    for r in step.results:
+        out.append({"type": "function_call_output", "call_id": r.call_id, "output": r.content})
+    return out
+
+
+def response_tools(tools: tuple[ToolSpec, ...]) -> list[dict[str, Any]]:
+    return [
+        {
+            "type": "function",
+            "name": t.name,
+            "description": t.description,
+            "parameters": dict(t.parameters),
+            "strict": False,
+        }
+        for t in tools
+    ]
+
+
 class OpenAIResponsesProvider:
     def __init__(self, config: ProviderConfig, timeouts: Timeouts) -> None:
         assert config.api_key is not None
@@ -69,11 +114,16 @@ class OpenAIResponsesProvider:
 
     async def stream(self, request: ProviderRequest) -> AsyncIterator[Chunk]:
         finish: Finish | None = None
+        items = response_input(request.messages)
+        for step in request.steps:
+            items.extend(step_items(step))
         try:
             created = await self._client.responses.create(
                 model=self.model,
                 instructions=request.system,
-                input=response_input(request.messages),  # type: ignore[arg-type]  # plain dicts, not the SDK's TypedDicts
+                input=items,  # type: ignore[arg-type]  # plain dicts, not the SDK's TypedDicts
+                tools=response_tools(request.tools) if request.tools else omit,  # type: ignore[arg-type]  # plain dicts, not the SDK's TypedDicts
+                tool_choice=request.tool_choice if request.tools else omit,
                 stream=True,
                 store=False,
             )
@@ -85,6 +135,12 @@ class OpenAIResponsesProvider:
                             yield TextDelta(event.delta)
                         case ResponseReasoningSummaryTextDeltaEvent():
                             yield ReasoningDelta(event.delta)
+                        case ResponseOutputItemDoneEvent(item=ResponseFunctionToolCall() as call):
+                            yield ToolCall(
+                                id=call.call_id,
+                                name=call.name,
+                                arguments=parse_arguments(call.arguments),
+                            )
                         case ResponseCompletedEvent() | ResponseIncompleteEvent():
                             resp = event.response
                             usage = Usage()
