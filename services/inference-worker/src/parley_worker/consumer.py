@@ -31,6 +31,7 @@ from parley_worker.metrics import FALLBACKS, IN_FLIGHT
 from parley_worker.providers.base import Provider, Timeouts
 from parley_worker.providers.registry import build_provider
 from parley_worker.settings import WorkerSettings
+from parley_worker.tools.web import WebTools
 from parley_worker.turn import Outcome, RetryPolicy, TurnRunner
 
 log = structlog.get_logger("parley_worker.consumer")
@@ -79,6 +80,8 @@ class Worker:
         events = JobEvents(self.redis, self.topo, s.replay_log_ttl)
         self._events = events
         self._registry = JobRegistry(self.redis, self.topo)
+        web = WebTools.from_settings(s)
+        self._stack.push_async_callback(web.aclose)
         self._runner = TurnRunner(
             events,
             s.max_generation_seconds,
@@ -87,6 +90,7 @@ class Worker:
                 base_seconds=s.provider_retry_base_seconds,
                 max_wait_seconds=s.provider_retry_max_wait,
             ),
+            web=web,
         )
         pubsub = self.redis.pubsub()
         await pubsub.subscribe(self.topo.cancel_channel)
