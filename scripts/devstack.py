@@ -9,6 +9,7 @@ development secret that `make token` signs with.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -80,6 +81,10 @@ def main() -> None:
     try:
         if not env.get("MONGODB_URL"):
             subprocess.run([py, str(ROOT / "scripts" / "ensure_mongod.py")], check=True)  # noqa: S603
+        if not env.get("HISTORY_SERVICE_TOKEN"):
+            # History refuses to start without one: a fresh random one per run, shared by
+            # the processes started here.
+            env["HISTORY_SERVICE_TOKEN"] = secrets.token_urlsafe(32)
         if not env.get("AUTH_JWT_SECRET"):
             env["AUTH_JWT_SECRET"] = DEV_SECRET
             print("AUTH_JWT_SECRET is not set: using the development secret", file=sys.stderr)

@@ -9,23 +9,50 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
 import structlog
 
+from parley_common.redact import REDACTED, REDACTOR
+
 # Keys whose values are never written to a log line.
-_SECRET_KEYS = frozenset({"authorization", "api_key", "token", "password", "secret"})
+_SECRET_KEYS = frozenset(
+    {"authorization", "api_key", "token", "password", "secret", "cookie", "jwt", "key"}
+)
 
 
 def _drop_secrets(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    for key in list(event_dict):
+    """Runs last before rendering (after exceptions are formatted into text), so a key
+    or token inside an exception message or traceback is scrubbed too."""
+    for key, value in event_dict.items():
         if key.lower() in _SECRET_KEYS:
-            event_dict[key] = "[redacted]"
+            event_dict[key] = REDACTED
+        else:
+            event_dict[key] = REDACTOR.scrub_value(value)
     return event_dict
 
 
-def configure_logging(service: str, fmt: str = "json", level: str = "info") -> None:
+class ScrubFilter(logging.Filter):
+    """The same scrubbing for the standard library loggers that SDKs and aiohttp use."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = REDACTOR.scrub(record.getMessage())
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = REDACTOR.scrub(record.exc_text)
+        return True
+
+
+def configure_logging(
+    service: str, fmt: str = "json", level: str = "info", secrets: Iterable[str] = ()
+) -> None:
+    """`secrets`: this process's secret values (`settings.secret_values()`); they are
+    scrubbed from every log line, as are bearer tokens, JWTs and API-key shapes."""
+    REDACTOR.add(*secrets)
     lvl = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
 
     def add_service(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
@@ -37,9 +64,9 @@ def configure_logging(service: str, fmt: str = "json", level: str = "info") -> N
         add_service,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        _drop_secrets,
         structlog.processors.StackInfoRenderer(),
         structlog.processors.format_exc_info,
+        _drop_secrets,
     ]
     renderer: Any
     if fmt == "console":
@@ -56,3 +83,6 @@ def configure_logging(service: str, fmt: str = "json", level: str = "info") -> N
     )
     # Libraries that use the standard library logger: only warnings and up.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(message)s")
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, ScrubFilter) for f in handler.filters):
+            handler.addFilter(ScrubFilter())

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from parley_common.redact import secret_values
+
 
 class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
@@ -26,3 +28,7 @@ class CommonSettings(BaseSettings):
     replay_log_ttl: int = Field(default=3600, ge=10)
     # The longest a job may take from publish to its last token (seconds).
     job_deadline_seconds: int = Field(default=600, ge=10)
+
+    def secret_values(self) -> list[str]:
+        """Every secret this process holds (keys, tokens, URL passwords), for scrubbing."""
+        return secret_values(getattr(self, name) for name in type(self).model_fields)

@@ -81,5 +81,14 @@ class Topology:
         """Set while a provider is out of the fallback chain (e.g. its key was refused)."""
         return self._n(f"provider:{provider}:disabled")
 
+    @property
+    def rate_limit_prefix(self) -> str:
+        """Prefix of the per-user request-rate counters (kept by the `limits` library)."""
+        return self._n("ratelimit")
+
+    def user_streams(self, user_id: str) -> str:
+        """Sorted set of a user's open stream leases (member: lease id, score: expiry)."""
+        return self._n(f"ratelimit:streams:{user_id}")
+
     def redis_prefix(self) -> str:
         return self._n("")

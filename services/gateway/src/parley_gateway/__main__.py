@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import sys
+
+import structlog
 from aiohttp import web
 from parley_common.logging import configure_logging
 
 from parley_gateway.app import create_app
+from parley_gateway.auth import AuthConfigError
 from parley_gateway.settings import GatewaySettings
 
 
 def main() -> None:
     settings = GatewaySettings()
-    configure_logging("gateway", settings.log_format, settings.log_level)
+    configure_logging(
+        "gateway", settings.log_format, settings.log_level, secrets=settings.secret_values()
+    )
+    try:
+        app = create_app(settings)
+    except AuthConfigError as exc:
+        structlog.get_logger("parley_gateway").error("gateway.config_error", error=str(exc))
+        sys.exit(2)
     web.run_app(
-        create_app(settings),
+        app,
         host=settings.gateway_host,
         port=settings.gateway_port,
         print=None,

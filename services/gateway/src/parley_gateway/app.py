@@ -18,10 +18,17 @@ from parley_gateway.adapters.event_stream import EventHub
 from parley_gateway.adapters.history_client import HistoryClient
 from parley_gateway.adapters.idempotency import Idempotency
 from parley_gateway.adapters.job_publisher import JobPublisher
-from parley_gateway.auth import Authenticator
+from parley_gateway.auth import Authenticator, check_auth_settings
 from parley_gateway.context import SERVICES, Services
 from parley_gateway.handlers import chat, conversations, jobs
-from parley_gateway.middlewares import request_context
+from parley_gateway.middlewares import (
+    authenticate,
+    known_query,
+    rate_limit,
+    request_context,
+    stream_limited,
+)
+from parley_gateway.ratelimit import RateLimits
 from parley_gateway.settings import GatewaySettings
 
 log = structlog.get_logger("parley_gateway.app")
@@ -44,7 +51,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         await hub.start()
         app[SERVICES] = Services(
             settings=settings,
-            auth=Authenticator(settings),
+            auth=Authenticator(settings, session),
             history=HistoryClient(
                 session,
                 settings.history_url,
@@ -56,6 +63,13 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
             registry=JobRegistry(redis, topo),
             idempotency=Idempotency(redis, topo),
             redis=redis,
+            limits=RateLimits(
+                redis,
+                topo,
+                per_minute=settings.rate_limit_per_minute,
+                max_streams=settings.max_streams_per_user,
+                lease_seconds=settings.stream_lease_seconds,
+            ),
         )
         log.info("gateway.ready", providers=settings.available_providers())
         yield
@@ -67,11 +81,16 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(settings: GatewaySettings) -> web.Application:
-    app = web.Application(middlewares=[request_context], client_max_size=settings.max_body_bytes)
+    check_auth_settings(settings)
+    app = web.Application(
+        middlewares=[request_context, authenticate, rate_limit, known_query],
+        # The largest request body, set explicitly (MAX_BODY_BYTES); beyond it, 413.
+        client_max_size=settings.max_body_bytes,
+    )
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_services_ctx)
-    app.router.add_post("/api/chat", chat.chat)
-    app.router.add_post("/api/chat/stream", chat.chat)
+    app.router.add_post("/api/chat", stream_limited(chat.chat))
+    app.router.add_post("/api/chat/stream", stream_limited(chat.chat))
     conversations.add_routes(app)
     jobs.add_routes(app)
 

@@ -7,6 +7,7 @@ ApiError
 ├── NotFound (404)
 ├── Conflict (409)
 ├── PayloadTooLarge (413)
+├── TooManyRequests (429) a per-user limit; carries Retry-After
 ├── BadGateway (502)      the provider failed (JSON requests)
 ├── Unavailable (503)     a dependency (broker, history) is down; carries Retry-After
 └── GatewayTimeout (504)
@@ -59,6 +60,15 @@ class Conflict(ApiError):
 class PayloadTooLarge(ApiError):
     status = 413
     code = "payload_too_large"
+
+
+class TooManyRequests(ApiError):
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, code: str | None = None, retry_after: int = 1) -> None:
+        super().__init__(message, code=code)
+        self.headers["Retry-After"] = str(max(1, retry_after))
 
 
 class BadGateway(ApiError):

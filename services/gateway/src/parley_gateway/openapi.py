@@ -56,6 +56,7 @@ def _errors(*statuses: int) -> dict[str, Schema]:
         409: "Conflict",
         410: "NotResumable",
         413: "PayloadTooLarge",
+        429: "TooManyRequests",
         502: "BadGateway",
         503: "Unavailable",
         504: "GatewayTimeout",
@@ -264,6 +265,24 @@ def _schemas() -> dict[str, Schema]:
                 "message_id": {"type": ["string", "null"]},
             },
         ),
+        "SseEvent": _obj(
+            ["event", "data"],
+            {
+                "event": {
+                    "type": "string",
+                    "enum": ["meta", "assistant", "reasoning", "status", "done", "error"],
+                },
+                "id": {"type": "string", "pattern": "^[0-9]+$"},
+                "data": {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": _ref("StreamEvent"),
+                },
+            },
+            description="One event of a `text/event-stream` answer (OpenAPI 3.1: the media "
+            "type's `schema` describes each event). `data` is JSON: a StreamEvent whose "
+            "`type` is the `event`.",
+        ),
         "StreamEvent": {
             "description": "The JSON `data` of one SSE event; its `type` is the SSE `event`.",
             "oneOf": [
@@ -371,6 +390,13 @@ def _responses() -> dict[str, Schema]:
     unavailable["headers"] = {
         "Retry-After": {"schema": {"type": "integer"}, "description": "Seconds."}
     }
+    limited = err(
+        "A per-user limit: requests per minute (`rate_limited`) or open streams "
+        "(`too_many_streams`); retry after `Retry-After` seconds."
+    )
+    limited["headers"] = {
+        "Retry-After": {"schema": {"type": "integer", "minimum": 1}, "description": "Seconds."}
+    }
     return {
         "BadRequest": err("Bad input; `error` starts with the field name (`limit: …`)."),
         "Unauthorized": err("Missing, invalid or expired bearer token."),
@@ -385,7 +411,8 @@ def _responses() -> dict[str, Schema]:
             _ref("NotResumable"),
             "The job's events have expired; its reply is saved in the conversation.",
         ),
-        "PayloadTooLarge": err("Request body too large."),
+        "PayloadTooLarge": err("Request body (MAX_BODY_BYTES) or image too large."),
+        "TooManyRequests": limited,
         "BadGateway": err("The provider failed (JSON requests; SSE gets an `error` event)."),
         "Unavailable": unavailable,
         "GatewayTimeout": err("No reply in time."),
@@ -443,9 +470,14 @@ def _op(
             "required": body_required,
             "content": {"application/json": {"schema": body}},
         }
-    op["responses"] = responses
+    if body is not None:
+        responses = _errors(413) | responses
     if public:
         op["security"] = []
+    else:
+        # Every authenticated operation: a bad token, and the per-user request rate.
+        responses = responses | _errors(401, 429)
+    op["responses"] = responses
     return op
 
 
@@ -467,7 +499,7 @@ def _paths() -> dict[str, Schema]:
             "content": {
                 "application/json": {"schema": _ref("ChatReply")},
                 "text/event-stream": {
-                    "schema": {"type": "string"},
+                    "schema": _ref("SseEvent"),
                     "x-event-schema": _ref("StreamEvent"),
                 },
             },
@@ -526,7 +558,7 @@ def _paths() -> dict[str, Schema]:
                         "description": "SSE stream, framed as for POST /api/chat.",
                         "content": {
                             "text/event-stream": {
-                                "schema": {"type": "string"},
+                                "schema": _ref("SseEvent"),
                                 "x-event-schema": _ref("StreamEvent"),
                             }
                         },
@@ -767,6 +799,23 @@ def document() -> dict[str, Any]:
             "parameters": _parameters(),
         },
     }
+
+
+@cache
+def query_parameters(method: str, path: str) -> frozenset[str] | None:
+    """The query parameters the document names for an operation (`path` is the route's
+    canonical form), or None for an undocumented one. Anything else is refused."""
+    doc = document()
+    item = doc["paths"].get(path)
+    if item is None or method.lower() not in item:
+        return None
+    names = set()
+    for param in [*item.get("parameters", []), *item[method.lower()].get("parameters", [])]:
+        if "$ref" in param:
+            param = doc["components"]["parameters"][param["$ref"].rsplit("/", 1)[1]]
+        if param["in"] == "query":
+            names.add(param["name"])
+    return frozenset(names)
 
 
 @cache

@@ -10,10 +10,21 @@ class GatewaySettings(ProviderSettings, WebSearchSettings):
     gateway_port: int = 8080
     auth_jwt_secret: SecretStr | None = None
     auth_jwks_url: str | None = None
+    # How long fetched JWKS keys are used before the document is fetched again, and the
+    # least time between two fetches (an unknown `kid` refetches only within this budget).
+    auth_jwks_cache_seconds: float = Field(default=300.0, gt=0)
+    auth_jwks_min_refetch_seconds: float = Field(default=30.0, ge=0)
     auth_audience: str | None = None
     auth_issuer: str | None = None
     # Seconds of clock skew tolerated on exp/nbf/iat.
-    auth_leeway: int = Field(default=30, ge=0, le=300)
+    auth_leeway: int = Field(default=30, ge=0, le=120)
+    # Per-user requests per minute on the authenticated API (0: no limit), and streams
+    # (chat turns and resumed streams) one user may hold open at once, cluster-wide.
+    rate_limit_per_minute: int = Field(default=120, ge=0)
+    max_streams_per_user: int = Field(default=8, ge=0)
+    # A stream's slot is a lease renewed while it is open; one a crashed gateway held
+    # frees itself after this many seconds.
+    stream_lease_seconds: int = Field(default=60, ge=5)
     # Largest request body accepted, in bytes (a 5 MiB image is ~6.7 MiB as base64).
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     max_text_chars: int = Field(default=32_000, ge=1)

@@ -49,6 +49,12 @@ def _opt_str(body: dict[str, Any], field: str) -> str | None:
     return value
 
 
+def _or(value: str | None, default: str) -> str:
+    """An absent (or null) field takes its default; an empty string is a value, and so
+    is refused by the field's own check."""
+    return default if value is None else value
+
+
 def _bool(body: dict[str, Any], field: str, default: bool) -> bool:
     value = body.get(field, default)
     if value is None:
@@ -83,12 +89,12 @@ def parse_chat_request(body: dict[str, Any], max_text_chars: int) -> ChatRequest
     if "\x00" in text:
         raise BadRequest("text: must not contain NUL characters")
 
-    provider = _opt_str(body, "provider") or "default"
+    provider = _or(_opt_str(body, "provider"), "default")
     if provider not in PROVIDER_OPTIONS:
         raise BadRequest(
             f"provider: unknown provider {provider[:40]!r}; options: {', '.join(PROVIDER_OPTIONS)}"
         )
-    mood = _opt_str(body, "mood") or "normal"
+    mood = _or(_opt_str(body, "mood"), "normal")
     if mood not in MOODS:
         raise BadRequest(f"mood: unknown mood {mood[:40]!r}; options: {', '.join(MOODS)}")
 
@@ -96,7 +102,7 @@ def parse_chat_request(body: dict[str, Any], max_text_chars: int) -> ChatRequest
     if conversation_id is not None:
         validate_conversation_id(conversation_id)
 
-    channel = _opt_str(body, "channel") or "web"
+    channel = _or(_opt_str(body, "channel"), "web")
     if not CHANNEL_RE.match(channel):
         raise BadRequest("channel: must match [a-z0-9][a-z0-9_-]{0,31}")
 

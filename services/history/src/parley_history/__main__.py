@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import sys
+
+import structlog
 from aiohttp import web
 from parley_common.logging import configure_logging
 
-from parley_history.app import create_app
+from parley_history.app import MissingServiceToken, create_app
 from parley_history.settings import HistorySettings
 
 
 def main() -> None:
     settings = HistorySettings()
-    configure_logging("history", settings.log_format, settings.log_level)
+    configure_logging(
+        "history", settings.log_format, settings.log_level, secrets=settings.secret_values()
+    )
+    try:
+        app = create_app(settings)
+    except MissingServiceToken as exc:
+        structlog.get_logger("parley_history").error("history.config_error", error=str(exc))
+        sys.exit(2)
     web.run_app(
-        create_app(settings),
+        app,
         host=settings.history_host,
         port=settings.history_port,
         print=None,

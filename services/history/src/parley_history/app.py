@@ -53,31 +53,76 @@ class BeginTurn(BaseModel):
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+# Probes answer without the service credential (kubelet and Prometheus call them).
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
 @web.middleware
 async def context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(
         request_id=request.headers.get(REQUEST_ID_HEADER, ""),
     )
+    if request.path not in PUBLIC_PATHS:
+        # Every other path, routed or not, needs the credential (handlers check again).
+        request.app[AUTH_CHECK](request)
     try:
         return await handler(request)
     except HistoryError as exc:
         return web.json_response(
             {"error": exc.message, "code": exc.code, **exc.extra}, status=exc.status
         )
+    except web.HTTPException as exc:
+        # aiohttp's own answers (unknown route, wrong method, body too large) in the
+        # same JSON shape as every other error, so the gateway can read them.
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        return web.json_response(
+            {"error": exc.reason, "code": exc.reason.lower().replace(" ", "_")},
+            status=exc.status,
+        )
+
+
+MIN_SERVICE_TOKEN_CHARS = 16
+
+
+class MissingServiceToken(RuntimeError):
+    """History will not serve its internal API without a service credential."""
 
 
 class ServiceAuth:
-    """Checks the service credential gateway and workers present (when one is configured)."""
+    """Checks the service credential that gateway and workers present:
+    `Authorization: Bearer <HISTORY_SERVICE_TOKEN>`, compared in constant time.
+
+    The token is required: without one (or with one too short to be a secret) the
+    service does not start, unless HISTORY_ALLOW_NO_TOKEN=1 says so explicitly.
+    """
 
     def __init__(self, settings: HistorySettings) -> None:
-        self._token = settings.history_service_token.get_secret_value()
+        token = settings.history_service_token.get_secret_value()
+        if not token and settings.history_allow_no_token:
+            log.warning(
+                "history.no_service_token",
+                detail="HISTORY_ALLOW_NO_TOKEN is set: the internal API is open to anyone "
+                "who can reach it",
+            )
+            self._token: bytes | None = None
+            return
+        if len(token) < MIN_SERVICE_TOKEN_CHARS:
+            raise MissingServiceToken(
+                "HISTORY_SERVICE_TOKEN must be set to a random string of at least "
+                f"{MIN_SERVICE_TOKEN_CHARS} characters (HISTORY_ALLOW_NO_TOKEN=1 runs "
+                "without one, for development only)"
+            )
+        self._token = token.encode()
 
     def __call__(self, request: web.Request) -> None:
-        if not self._token:
+        if self._token is None:
             return
-        given = request.headers.get("Authorization", "").removeprefix("Bearer ")
-        if not hmac.compare_digest(given.encode(), self._token.encode()):
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme != "Bearer" or not hmac.compare_digest(
+            given.encode(errors="replace"), self._token
+        ):
             raise web.HTTPUnauthorized(
                 text='{"error": "service credential required", "code": "unauthorized"}',
                 content_type="application/json",

@@ -14,6 +14,7 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from parley_common.events import JobEvents
 from parley_common.jobs import JobRegistry
+from parley_common.redact import scrub
 from parley_common.schemas import ChatJob, DoneEvent, ErrorEvent, TurnResult, TurnStatus
 from parley_common.schemas.events import encode_envelope
 from parley_common.schemas.jobs import JOB_TYPE
@@ -124,6 +125,10 @@ class TurnConsumer:
         await message.ack()
 
     async def handle(self, result: TurnResult) -> None:
+        if result.error:
+            # A provider may echo a key or a token in its error text: it is stored and
+            # sent to the client, so it is scrubbed here, where it leaves the back end.
+            result = result.model_copy(update={"error": scrub(result.error)})
         message_id = await self._store.save_result(result)
         TURNS_SAVED.labels(status=result.status.value).inc()
         seq = result.last_seq + 1

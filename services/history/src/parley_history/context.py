@@ -27,10 +27,16 @@ USER_HEADER = "X-Parley-User"
 REQUEST_ID_HEADER = "X-Request-ID"
 
 
+MAX_USER_CHARS = 256
+
+
 def user_of(request: web.Request) -> str:
+    """The user the (authenticated) caller acts for; only ever set by the gateway."""
     user = request.headers.get(USER_HEADER, "")
     if not user:
         raise BadRequest(f"{USER_HEADER} header is required")
+    if len(user) > MAX_USER_CHARS or any(ord(c) < 0x20 or ord(c) == 0x7F for c in user):
+        raise BadRequest(f"{USER_HEADER}: not a valid user id")
     return user
 
 

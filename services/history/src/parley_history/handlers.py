@@ -365,7 +365,8 @@ async def put_settings(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     r = app.router
-    conv = f"{PREFIX}/conversations/{{conversation_id}}"
+    # Any character but `/` (aiohttp's default also refuses `{` and `}`, which ids may hold).
+    conv = f"{PREFIX}/conversations/{{conversation_id:[^/]+}}"
     r.add_get(f"{PREFIX}/conversations", list_conversations)
     r.add_get(conv, get_conversation)
     r.add_patch(conv, update_conversation)
@@ -374,7 +375,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get(f"{conv}/messages", list_messages)
     r.add_get(f"{PREFIX}/folders", list_folders)
     r.add_post(f"{PREFIX}/folders", create_folder)
-    r.add_patch(f"{PREFIX}/folders/{{folder_id}}", rename_folder)
-    r.add_delete(f"{PREFIX}/folders/{{folder_id}}", delete_folder)
+    r.add_patch(f"{PREFIX}/folders/{{folder_id:[^/]+}}", rename_folder)
+    r.add_delete(f"{PREFIX}/folders/{{folder_id:[^/]+}}", delete_folder)
     r.add_get(f"{PREFIX}/settings", get_settings)
     r.add_put(f"{PREFIX}/settings", put_settings)

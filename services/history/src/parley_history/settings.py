@@ -14,3 +14,6 @@ class HistorySettings(CommonSettings):
     history_context_messages: int = Field(default=40, ge=1, le=500)
     # AMQP prefetch for turn events.
     history_prefetch: int = Field(default=32, ge=1)
+    # History refuses to start without HISTORY_SERVICE_TOKEN; this lets it run with no
+    # service check at all (a development machine where nothing else can reach it).
+    history_allow_no_token: bool = False

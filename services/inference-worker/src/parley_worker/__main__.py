@@ -74,7 +74,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     settings = WorkerSettings()
-    configure_logging("worker", settings.log_format, settings.log_level)
+    configure_logging(
+        "worker", settings.log_format, settings.log_level, secrets=settings.secret_values()
+    )
     try:
         providers = choose_providers(settings, args.provider)
     except SystemExit as exc:

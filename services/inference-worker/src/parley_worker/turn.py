@@ -27,6 +27,7 @@ from typing import Any
 
 import structlog
 from parley_common.events import JobEvents
+from parley_common.redact import scrub
 from parley_common.schemas import ChatJob, Source, StatusEvent, TurnResult, TurnStatus, Usage
 from parley_common.schemas.events import encode_delta, encode_envelope
 
@@ -304,7 +305,8 @@ class TurnRunner:
             log.warning(
                 "provider.failed", code=exc.code, status=exc.status, streamed=state.streamed
             )
-            return TurnStatus.error, exc.message, exc.code, exc
+            # A provider may echo the key in its error text: scrubbed before it leaves.
+            return TurnStatus.error, scrub(exc.message), exc.code, exc
         except TimeoutError:
             log.warning("provider.timeout", streamed=state.streamed)
             message = f"{provider.name} did not finish within {self._max_seconds:.0f}s"

@@ -17,7 +17,7 @@ from parley_gateway.errors import ApiError, BadRequest, Forbidden
 from parley_gateway.handlers.streaming import collect, relay
 from parley_gateway.images import ImageLimits, validate_image
 from parley_gateway.metrics import JOBS_PUBLISHED
-from parley_gateway.middlewares import REQUEST_ID
+from parley_gateway.middlewares import REQUEST_ID, USER_ID
 from parley_gateway.validation import parse_chat_request, parse_json_object
 
 log = structlog.get_logger("parley_gateway.chat")
@@ -56,7 +56,7 @@ async def resolve_provider(svc: Services, asked: str, user_id: str, request_id: 
 
 async def chat(request: web.Request) -> web.StreamResponse:
     svc = services(request)
-    user_id = svc.auth.user_id(request)
+    user_id = request[USER_ID]
     idem_key = idempotency_key(request)
     body = parse_json_object(await request.read())
     req = parse_chat_request(body, svc.settings.max_text_chars)

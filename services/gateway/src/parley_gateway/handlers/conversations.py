@@ -1,8 +1,9 @@
 """Conversation, message, folder and settings endpoints (proxied to history).
 
-Each handler authenticates, checks its input, asks history (which checks the stored
-owner: 403 for another user's conversation or folder, 404 for an unknown one) and
-renders the answer. docs/api.md documents them; `GET /api/openapi.json` describes them.
+Each handler takes the user the middleware authenticated, checks its input, asks
+history (which checks the stored owner: 403 for another user's conversation or folder,
+404 for an unknown one) and renders the answer. docs/api.md documents them;
+`GET /api/openapi.json` describes them.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from aiohttp import web
 
 from parley_gateway import openapi, params
 from parley_gateway.context import Services, services
-from parley_gateway.middlewares import REQUEST_ID
+from parley_gateway.middlewares import REQUEST_ID, USER_ID
 
 
 def _caller(request: web.Request) -> tuple[Services, str, str]:
-    svc = services(request)
-    return svc, svc.auth.user_id(request), request[REQUEST_ID]
+    """The services, the authenticated user (set by the `authenticate` middleware), and
+    the request id. Owner fields in bodies or queries are never read: the user is this."""
+    return services(request), request[USER_ID], request[REQUEST_ID]
 
 
 def _ok() -> web.Response:
@@ -156,7 +158,8 @@ async def put_settings(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     """Register the conversation endpoints on the gateway, and the API document."""
     r = app.router
-    conv = "/api/chat/conversations/{conversation_id}"
+    # Any character but `/` (aiohttp's default also refuses `{` and `}`, which ids may hold).
+    conv = "/api/chat/conversations/{conversation_id:[^/]+}"
     r.add_get("/api/chat/conversations", list_conversations)
     r.add_get(conv, get_conversation)
     r.add_patch(conv, update_conversation)
@@ -165,8 +168,8 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/chat/messages", list_messages)
     r.add_get("/api/chat/folders", list_folders)
     r.add_post("/api/chat/folders", create_folder)
-    r.add_patch("/api/chat/folders/{folder_id}", rename_folder)
-    r.add_delete("/api/chat/folders/{folder_id}", delete_folder)
+    r.add_patch("/api/chat/folders/{folder_id:[^/]+}", rename_folder)
+    r.add_delete("/api/chat/folders/{folder_id:[^/]+}", delete_folder)
     r.add_get("/api/me/settings", get_settings)
     r.add_put("/api/me/settings", put_settings)
     r.add_get(openapi.PATH, openapi.serve)

@@ -11,6 +11,7 @@ from parley_common.jobs import JobMeta
 from parley_gateway.context import Services, services
 from parley_gateway.errors import ApiError, BadRequest, Forbidden, NotFound
 from parley_gateway.handlers.streaming import relay
+from parley_gateway.middlewares import USER_ID, stream_limited
 from parley_gateway.validation import validate_conversation_id
 
 log = structlog.get_logger("parley_gateway.jobs")
@@ -24,7 +25,7 @@ class NotResumable(ApiError):
 
 
 async def _owned_job(svc: Services, request: web.Request) -> tuple[str, JobMeta]:
-    user_id = svc.auth.user_id(request)
+    user_id = request[USER_ID]
     job_id = request.match_info["job_id"]
     if not JOB_ID_RE.match(job_id):
         raise NotFound("job not found")
@@ -78,7 +79,7 @@ async def job_events(request: web.Request) -> web.StreamResponse:
 
 async def list_jobs(request: web.Request) -> web.Response:
     svc = services(request)
-    user_id = svc.auth.user_id(request)
+    user_id = request[USER_ID]
     conversation_id = request.query.get("conversation_id")
     if conversation_id is None:
         raise BadRequest("conversation_id: is required")
@@ -113,5 +114,5 @@ async def cancel_job(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/chat/jobs", list_jobs)
-    app.router.add_get("/api/chat/jobs/{job_id}/events", job_events)
+    app.router.add_get("/api/chat/jobs/{job_id}/events", stream_limited(job_events))
     app.router.add_post("/api/chat/jobs/{job_id}/cancel", cancel_job)

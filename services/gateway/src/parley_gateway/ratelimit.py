@@ -1,0 +1,149 @@
+"""Per-user limits, cluster-wide through Redis (every gateway replica shares them).
+
+- Request rate: `RATE_LIMIT_PER_MINUTE` requests per user on the authenticated API, a
+  sliding-window counter kept by the `limits` library (docs/adr/0005). Over it: 429
+  with `Retry-After` (seconds until the window lets the next request in).
+- Open streams: `MAX_STREAMS_PER_USER` chat turns (SSE or JSON) and resumed streams
+  held at once. Each holds a lease in a sorted set (member: lease id, score: expiry by
+  Redis's own clock); the lease is renewed while the stream is open and removed when
+  it ends, and one left by a crashed gateway expires after `STREAM_LEASE_SECONDS`.
+
+Both fail open: when Redis cannot be reached the request goes on (and is logged), so
+a Redis outage does not take down the conversation endpoints that never need Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import secrets
+import time
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+import structlog
+from limits import RateLimitItemPerMinute
+from limits.aio.storage import RedisStorage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from parley_common.topology import Topology
+from redis.exceptions import RedisError
+
+from parley_gateway.errors import TooManyRequests
+
+log = structlog.get_logger("parley_gateway.ratelimit")
+
+# Seconds a client refused a stream slot is told to wait: streams end on their own
+# within seconds to minutes, so a short, fixed hint is the honest answer.
+STREAM_RETRY_AFTER = 5
+
+# KEYS[1] the user's lease set; ARGV: limit, lease seconds, lease id. 1 when acquired.
+_ACQUIRE = """
+local now = redis.call('TIME')
+local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', t)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], t + tonumber(ARGV[2]), ARGV[3])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]) + 1)
+return 1
+"""
+
+# KEYS[1] the lease set; ARGV: lease seconds, lease id. Pushes the lease's expiry on.
+_RENEW = """
+local now = redis.call('TIME')
+local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
+redis.call('ZADD', KEYS[1], t + tonumber(ARGV[1]), ARGV[2])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]) + 1)
+return 1
+"""
+
+
+class RateLimits:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        topo: Topology,
+        *,
+        per_minute: int,
+        max_streams: int,
+        lease_seconds: int,
+    ) -> None:
+        self._redis = redis
+        self._topo = topo
+        self._max_streams = max_streams
+        self._lease_seconds = lease_seconds
+        self._item = RateLimitItemPerMinute(per_minute) if per_minute > 0 else None
+        # The limiter shares the gateway's connection pool (and so its client name).
+        storage = RedisStorage(
+            "async+redis://",
+            implementation="redispy",
+            key_prefix=topo.rate_limit_prefix,
+            # limits types its **options as scalars; redis-py's Redis() takes the pool.
+            connection_pool=redis.connection_pool,  # type: ignore[arg-type]
+        )
+        self._limiter = SlidingWindowCounterRateLimiter(storage)
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._renew = redis.register_script(_RENEW)
+
+    async def hit(self, user_id: str) -> None:
+        """Count one request of `user_id`; TooManyRequests when over the rate."""
+        if self._item is None:
+            return
+        try:
+            if await self._limiter.hit(self._item, user_id):
+                return
+            stats = await self._limiter.get_window_stats(self._item, user_id)
+        except (RedisError, OSError) as exc:
+            log.warning("ratelimit.unavailable", error_type=type(exc).__name__)
+            return
+        retry_after = max(1, math.ceil(stats.reset_time - time.time()))
+        raise TooManyRequests(
+            f"rate limit: at most {self._item.amount} requests per minute per user; "
+            f"retry in {retry_after}s",
+            retry_after=retry_after,
+        )
+
+    @contextlib.asynccontextmanager
+    async def stream_slot(self, user_id: str) -> AsyncIterator[None]:
+        """Hold one of the user's stream slots for the body of the `async with`."""
+        if self._max_streams <= 0:
+            yield
+            return
+        key = self._topo.user_streams(user_id)
+        lease = secrets.token_hex(8)
+        try:
+            acquired = await self._acquire(
+                keys=[key], args=[self._max_streams, self._lease_seconds, lease]
+            )
+        except (RedisError, OSError) as exc:
+            log.warning("ratelimit.streams_unavailable", error_type=type(exc).__name__)
+            yield
+            return
+        if not acquired:
+            raise TooManyRequests(
+                f"streams: at most {self._max_streams} open streams per user; "
+                "wait for one to finish",
+                code="too_many_streams",
+                retry_after=STREAM_RETRY_AFTER,
+            )
+        renewer = asyncio.create_task(self._keep(key, lease))
+        try:
+            yield
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+            try:
+                await self._redis.zrem(key, lease)
+            except (RedisError, OSError):
+                log.warning("ratelimit.release_failed")  # the lease expires on its own
+
+    async def _keep(self, key: str, lease: str) -> None:
+        while True:
+            await asyncio.sleep(self._lease_seconds / 3)
+            try:
+                await self._renew(keys=[key], args=[self._lease_seconds, lease])
+            except (RedisError, OSError):
+                log.warning("ratelimit.renew_failed")
