@@ -32,6 +32,15 @@ async def _stop_stacks(made: Made) -> None:
         await asyncio.wait_for(stack.stop(), TEARDOWN_TIMEOUT)
 
 
+async def _retire(server: PrivateRedis | PrivateMongo | PrivateRabbit, made: Made) -> None:
+    """A private server's teardown: the stacks using it stop first; the server stops
+    whatever happened to them."""
+    try:
+        await _stop_stacks(made)
+    finally:
+        await server.close()
+
+
 @pytest.fixture
 async def _stacks() -> AsyncIterator[Made]:
     made: Made = []
@@ -45,8 +54,7 @@ async def private_redis(tmp_path: Path, _stacks: Made) -> AsyncIterator[PrivateR
     try:
         yield await server.start()
     finally:
-        await _stop_stacks(_stacks)  # the stacks using it go first
-        await server.close()
+        await _retire(server, _stacks)
 
 
 @pytest.fixture
@@ -55,8 +63,7 @@ async def private_mongo(tmp_path: Path, _stacks: Made) -> AsyncIterator[PrivateM
     try:
         yield await server.start()
     finally:
-        await _stop_stacks(_stacks)
-        await server.close()
+        await _retire(server, _stacks)
 
 
 @pytest.fixture
@@ -67,8 +74,7 @@ async def private_rabbit(tmp_path: Path, _stacks: Made) -> AsyncIterator[Private
     try:
         yield await server.start()
     finally:
-        await _stop_stacks(_stacks)
-        await server.close()
+        await _retire(server, _stacks)
 
 
 StackFactory = Callable[..., Awaitable[Stack]]
