@@ -50,6 +50,7 @@ async def test_make_run_answers_through_the_simulator_and_stops_cleanly(
         env=env,
         stdout=out,
         stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group, so cleanup reaches the children
     )
     out.close()
     try:
@@ -83,7 +84,7 @@ async def test_make_run_answers_through_the_simulator_and_stops_cleanly(
         assert "stopping" in log.read_text()
     finally:
         if proc.returncode is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
         from pymongo import AsyncMongoClient
 
