@@ -111,6 +111,20 @@ async def sec_stack(infra: Infra, idp: IdentityProvider) -> AsyncIterator[Stack]
     await stack.stop()
 
 
+@pytest.fixture(scope="session")
+async def open_stack(infra: Infra) -> AsyncIterator[Stack]:
+    """Per-user limits off: the fuzzer and the corpus send thousands of requests as one
+    user."""
+    stack = Stack(
+        infra,
+        providers=("groq",),
+        env={"gateway": {"rate_limit_per_minute": 0, "max_streams_per_user": 0}},
+    )
+    await stack.start()
+    yield stack
+    await stack.stop()
+
+
 async def status_of(stack: Stack, token: str | None, path: str = "/api/me/settings") -> int:
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
     async with stack.http.get(f"{stack.url}{path}", headers=headers) as resp:

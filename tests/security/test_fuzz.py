@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
 
 import pytest
 import schemathesis
@@ -31,7 +30,6 @@ from schemathesis.checks import (
 )
 from schemathesis.schemas import APIOperation
 
-from tests.support.infra import Infra
 from tests.support.stack import Stack
 
 pytestmark = [pytest.mark.security, pytest.mark.timeout(300)]
@@ -44,18 +42,6 @@ CHECKS = [
     response_headers_conformance,
     response_schema_conformance,
 ]
-
-
-@pytest.fixture(scope="module")
-async def fuzz_stack(infra: Infra) -> AsyncIterator[Stack]:
-    """Per-user limits off (one fuzzing user sends hundreds of requests)."""
-    stack = await Stack(
-        infra,
-        providers=("groq",),
-        env={"gateway": {"rate_limit_per_minute": 0, "max_streams_per_user": 0}},
-    ).start()
-    yield stack
-    await stack.stop()
 
 
 def _fuzz(operation: APIOperation, mode: GenerationMode, base_url: str, token: str) -> None:
@@ -91,17 +77,17 @@ def _operations(base_url: str) -> list[APIOperation]:
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 async def test_generated_requests_to_every_operation_get_documented_answers(
-    fuzz_stack: Stack, mode: GenerationMode
+    open_stack: Stack, mode: GenerationMode
 ):
-    operations = await asyncio.to_thread(_operations, fuzz_stack.url)
+    operations = await asyncio.to_thread(_operations, open_stack.url)
     assert len(operations) >= 20
-    token = fuzz_stack.token("fuzzer")
+    token = open_stack.token("fuzzer")
     failures: list[str] = []
     for operation in operations:
         if operation.label.startswith("GET /metrics"):
             continue  # Prometheus text, no schema to hold it to
         try:
-            await asyncio.to_thread(_fuzz, operation, mode, fuzz_stack.url, token)
+            await asyncio.to_thread(_fuzz, operation, mode, open_stack.url, token)
         except Unsatisfiable:
             # No parameters, no body: nothing an invalid request could be made of.
             assert mode is GenerationMode.NEGATIVE, operation.label
