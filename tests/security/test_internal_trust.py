@@ -15,6 +15,7 @@ from parley_gateway.app import create_app as create_gateway
 from parley_history.app import MissingServiceToken
 from parley_history.app import create_app as create_history
 from parley_history.settings import HistorySettings
+from pydantic import SecretStr
 from yarl import URL
 
 from tests.support.history import Api, seed_turns, seg, store_of, uid
@@ -180,3 +181,18 @@ async def test_the_gateway_sends_history_only_headers_it_sets(
     assert await stack.db["user_settings"].find_one({"_id": victim}) is None
     status, listed = await Api(stack).conversations(victim)
     assert status == 200 and listed["conversations"] == []
+
+
+async def test_a_gateway_with_the_wrong_service_token_answers_503_not_401(stack: Stack):
+    """A refused service credential is the deployment's fault: clients must not be told
+    that their (valid) token was refused."""
+    settings = stack.gateway_settings.model_copy(
+        update={"history_service_token": SecretStr("a-wrong-service-token-0123")}
+    )
+    runner, url = await _serve(create_gateway(settings))
+    try:
+        async with stack.http.get(f"{url}/api/me/settings", headers=stack.auth(uid())) as resp:
+            assert resp.status == 503
+            assert (await resp.json())["code"] == "history_down"
+    finally:
+        await runner.cleanup()

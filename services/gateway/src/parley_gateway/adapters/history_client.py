@@ -152,6 +152,11 @@ class HistoryClient:
             raise Unavailable("conversation history is unavailable", code="history_down") from exc
         if status >= 400:
             message = body.get("error", "history error") if isinstance(body, dict) else "error"
+            if status == 401:
+                # History refused the service credential: a deployment fault, not the
+                # client's (whose token was fine), so not a 401 to the client.
+                log.error("history.credential_refused")
+                raise Unavailable("conversation history is unavailable", code="history_down")
             if status == 400:
                 raise BadRequest(message)
             if status == 403:
