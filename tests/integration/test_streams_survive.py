@@ -398,3 +398,26 @@ async def test_a_turn_that_cannot_be_queued_frees_its_conversation(infra: Infra)
         assert res.last.event == "done"
     finally:
         await stack.stop()
+
+
+async def test_cancel_on_disconnect_stops_the_provider_and_saves_partial(infra: Infra):
+    stack = await Stack(infra, env={"gateway": {"cancel_on_disconnect": True}}).start()
+    try:
+        who = user()
+        text = " ".join(f"w{i}" for i in range(200)) + " [[sim:delay-ms=30]]"
+        resp = await open_chat(stack, who, {"text": text, "provider": "groq"})
+        stream = iter_sse(resp)
+        meta = await anext(stream)
+        await anext(stream)
+        stack.sim.stream_closed.clear()
+        resp.close()  # the client goes away mid-reply
+        await asyncio.wait_for(stack.sim.stream_closed.wait(), timeout=5)
+        status, events = await resume(stack, who, meta.data["job_id"], 0)
+        assert status == 200
+        assert events[-1].event == "error" and events[-1].data["code"] == "cancelled"
+        docs = await stack.messages_in_db(meta.data["conversation_id"])
+        assert (docs[-1]["role"], docs[-1]["status"]) == ("assistant", "cancelled")
+        streamed = "".join(e.data["delta"] for e in events if e.event == "assistant")
+        assert docs[-1]["content"].endswith(streamed) and len(docs[-1]["content"]) < len(text)
+    finally:
+        await stack.stop()
