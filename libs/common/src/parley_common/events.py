@@ -6,6 +6,8 @@ sequence number (a redelivered job may publish again); readers filter by `seq`.
 
 from __future__ import annotations
 
+import asyncio
+
 import redis.asyncio as aioredis
 
 from parley_common.schemas.events import EventEnvelope, decode_envelope
@@ -56,3 +58,45 @@ class JobEvents:
 
     async def exists(self, job_id: str) -> bool:
         return bool(await self._redis.exists(self._topo.job_log(job_id)))
+
+
+class EventBatch:
+    """One job's events, published in order; events that arrive while a publish is in
+    flight go out together in the next pipeline, so a fast provider stream costs one
+    Redis round trip per batch rather than per token, and never waits on Redis unless
+    `MAX_PENDING` events are queued. `flush()` returns once everything is published
+    (and raises what a failed publish raised)."""
+
+    MAX_PENDING = 512
+
+    def __init__(self, events: JobEvents, job_id: str) -> None:
+        self._events = events
+        self._job_id = job_id
+        self._pending: list[bytes] = []
+        self._task: asyncio.Task[None] | None = None
+        self._error: BaseException | None = None
+
+    async def publish(self, raw: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._pending.append(raw)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain())
+        if len(self._pending) >= self.MAX_PENDING:
+            await self.flush()
+
+    async def _drain(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                await self._events.publish_many(self._job_id, batch)
+            except Exception as exc:  # surfaced by the next publish() or flush()
+                self._error = exc
+                self._pending.clear()
+                return
+
+    async def flush(self) -> None:
+        if self._task is not None:
+            await asyncio.shield(self._task)
+        if self._error is not None:
+            raise self._error

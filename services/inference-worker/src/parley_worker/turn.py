@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from parley_common.events import JobEvents
+from parley_common.events import EventBatch, JobEvents
 from parley_common.redact import scrub
 from parley_common.schemas import ChatJob, Source, StatusEvent, TurnResult, TurnStatus, Usage
 from parley_common.schemas.events import encode_delta, encode_envelope
@@ -70,6 +70,8 @@ _Attempt = tuple[TurnStatus, str | None, str | None, ProviderError | None]
 class _Progress:
     seq: int
     model: str | None
+    # Where the turn's events go (in order, batched while Redis is busy).
+    out: EventBatch
     # Whether any token of the turn reached the client.
     streamed: bool = False
     reply: list[str] = field(default_factory=list)
@@ -136,7 +138,9 @@ class TurnRunner:
         loop = asyncio.get_running_loop()
         started = loop.time()
         cancel = cancel or asyncio.Event()
-        state = _Progress(seq=start_seq, model=provider.model)
+        state = _Progress(
+            seq=start_seq, model=provider.model, out=EventBatch(self._events, job.job_id)
+        )
         web = self._web if job.web else None
         if job.web and web is None:
             log.warning("turn.web_tools_unavailable")
@@ -163,6 +167,10 @@ class TurnRunner:
                 status, code, error = TurnStatus.cancelled, "cancelled", "the reply was cancelled"
                 break
             request = request.then(step, final=steps >= web.max_steps)
+        try:
+            await state.out.flush()  # every event is out before the result is
+        except Exception as exc:  # the log misses events; the saved reply does not
+            log.error("turn.events_unpublished", error_type=type(exc).__name__)
         elapsed = loop.time() - started
         usage = state.usage
         TURNS.labels(provider=provider.name, status=status.value).inc()
@@ -271,9 +279,7 @@ class TurnRunner:
 
     async def status(self, job: ChatJob, state: _Progress, message: str) -> None:
         state.seq += 1
-        await self._events.publish(
-            job.job_id, encode_envelope(state.seq, StatusEvent(message=message))
-        )
+        await state.out.publish(encode_envelope(state.seq, StatusEvent(message=message)))
 
     async def announce(self, job: ChatJob, seq: int, message: str) -> None:
         """A `status` event outside a run (e.g. a fallback to another provider)."""
@@ -335,9 +341,7 @@ class TurnRunner:
                     state.seq += 1
                     state.streamed = state.call_streamed = True
                     state.reasoning.append(chunk.text)
-                    await self._events.publish(
-                        job.job_id, encode_delta(state.seq, "reasoning", chunk.text)
-                    )
+                    await state.out.publish(encode_delta(state.seq, "reasoning", chunk.text))
             elif isinstance(chunk, ToolCall):
                 state.calls.append(chunk)
             elif isinstance(chunk, Replay):
@@ -350,7 +354,7 @@ class TurnRunner:
         state.seq += 1
         state.streamed = state.call_streamed = True
         state.reply.append(text)
-        await self._events.publish(job.job_id, encode_delta(state.seq, "assistant", text))
+        await state.out.publish(encode_delta(state.seq, "assistant", text))
 
     def result(
         self,
