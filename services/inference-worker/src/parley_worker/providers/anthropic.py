@@ -50,6 +50,7 @@ from parley_worker.providers.base import (
     Timeouts,
     ToolCall,
     ToolStep,
+    http_error,
     parse_arguments,
 )
 
@@ -302,21 +303,7 @@ def map_anthropic_error(provider: str, exc: Exception) -> ProviderError:
                 code="rate_limited" if etype == "rate_limit_error" else "provider_unavailable",
                 retryable=etype in _RETRYABLE_TYPES,
             )
-        if status == 429:
-            code = "rate_limited"
-        elif status in (401, 403):
-            code = "auth_failed"
-        elif status >= 500:
-            code = "provider_unavailable"
-        else:
-            code = "provider_rejected"
-        return ProviderError(
-            f"{provider} returned HTTP {status}: {detail}",
-            code=code,
-            retryable=status == 429 or status >= 500,
-            status=status,
-            retry_after=_retry_after(exc.response.headers),
-        )
+        return http_error(provider, status, detail, retry_after=_retry_after(exc.response.headers))
     if isinstance(exc, anthropic.APITimeoutError | httpx2.TimeoutException):
         return ProviderError(f"{provider} timed out", code="provider_timeout", retryable=True)
     # httpx2 errors come raw out of a stream that broke after it began.

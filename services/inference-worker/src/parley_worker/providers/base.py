@@ -162,6 +162,32 @@ class ProviderError(Exception):
         self.retry_after = retry_after
 
 
+def http_error(
+    provider: str,
+    status: int,
+    detail: str,
+    *,
+    retry_after: float | None = None,
+    key_refused: bool = False,
+) -> ProviderError:
+    """The one mapping of a provider's HTTP error status, shared by every adapter."""
+    if status == 429:
+        code = "rate_limited"
+    elif status in (401, 403) or key_refused:
+        code = "auth_failed"
+    elif status >= 500:
+        code = "provider_unavailable"
+    else:
+        code = "provider_rejected"
+    return ProviderError(
+        f"{provider} returned HTTP {status}: {detail}",
+        code=code,
+        retryable=status == 429 or status >= 500,
+        status=status,
+        retry_after=retry_after,
+    )
+
+
 class Provider(Protocol):
     name: str
     model: str

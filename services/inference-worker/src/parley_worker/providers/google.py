@@ -31,6 +31,7 @@ from parley_worker.providers.base import (
     Timeouts,
     ToolCall,
     ToolStep,
+    http_error,
 )
 
 # Finish reasons after which the reply is complete.
@@ -332,21 +333,13 @@ def map_google_error(provider: str, exc: Exception) -> ProviderError:
         status = exc.code if isinstance(exc.code, int) else _STATUS_CODES.get(exc.status or "", 500)
         detail = str(exc.message or exc.status or "")[:300]
         reasons = {str(d.get("reason")) for d in _error_details(exc)}
-        if status == 429:
-            code = "rate_limited"
-        elif status in (401, 403) or "API_KEY_INVALID" in reasons:
-            # An invalid key is a 400 INVALID_ARGUMENT with reason API_KEY_INVALID.
-            code = "auth_failed"
-        elif status >= 500:
-            code = "provider_unavailable"
-        else:
-            code = "provider_rejected"
-        return ProviderError(
-            f"{provider} returned HTTP {status}: {detail}",
-            code=code,
-            retryable=status == 429 or status >= 500,
-            status=status,
+        # An invalid key is a 400 INVALID_ARGUMENT with reason API_KEY_INVALID.
+        return http_error(
+            provider,
+            status,
+            detail,
             retry_after=_retry_after(exc),
+            key_refused="API_KEY_INVALID" in reasons,
         )
     if isinstance(exc, httpx2.TimeoutException):
         return ProviderError(f"{provider} timed out", code="provider_timeout", retryable=True)

@@ -28,6 +28,7 @@ from parley_worker.providers.base import (
     Timeouts,
     ToolCall,
     ToolStep,
+    http_error,
 )
 
 
@@ -175,21 +176,7 @@ def map_ollama_error(provider: str, exc: Exception) -> ProviderError:
                 code="provider_unavailable",
                 retryable=True,
             )
-        if status == 429:
-            code = "rate_limited"
-        elif status in (401, 403):
-            code = "auth_failed"
-        elif status >= 500:
-            code = "provider_unavailable"
-        else:
-            code = "provider_rejected"
-        return ProviderError(
-            f"{provider} returned HTTP {status}: {detail}",
-            code=code,
-            retryable=status == 429 or status >= 500,
-            status=status,
-            retry_after=_retry_after(exc),
-        )
+        return http_error(provider, status, detail, retry_after=_retry_after(exc))
     if isinstance(exc, httpx.TimeoutException):
         return ProviderError(f"{provider} timed out", code="provider_timeout", retryable=True)
     if isinstance(exc, httpx.HTTPError | ConnectionError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx2
 import openai
 
-from parley_worker.providers.base import ProviderError, Timeouts
+from parley_worker.providers.base import ProviderError, Timeouts, http_error
 
 
 def _retry_after(headers: object) -> float | None:
@@ -27,21 +27,7 @@ def map_openai_error(provider: str, exc: Exception) -> ProviderError:
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         detail = _error_message(exc)
-        if status == 429:
-            code = "rate_limited"
-        elif status in (401, 403):
-            code = "auth_failed"
-        elif status >= 500:
-            code = "provider_unavailable"
-        else:
-            code = "provider_rejected"
-        return ProviderError(
-            f"{provider} returned HTTP {status}: {detail}",
-            code=code,
-            retryable=status == 429 or status >= 500,
-            status=status,
-            retry_after=_retry_after(exc.response.headers),
-        )
+        return http_error(provider, status, detail, retry_after=_retry_after(exc.response.headers))
     if isinstance(exc, openai.APITimeoutError):
         return ProviderError(f"{provider} timed out", code="provider_timeout", retryable=True)
     if isinstance(exc, openai.APIConnectionError):
