@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 
+from parley_common.schemas import ChatJob, TurnResult
+from parley_common.schemas.jobs import JOB_TYPE, TURN_TYPE
 from parley_common.topology import Topology
 
 # A job delivered this many times without an ack is dead-lettered (poison job).
@@ -110,3 +112,33 @@ async def open_channel(
     if prefetch:
         await channel.set_qos(prefetch_count=prefetch)
     return channel
+
+
+def job_message(job: ChatJob) -> aio_pika.Message:
+    """A chat job as its AMQP message (persistent, typed, with tracing headers)."""
+    return aio_pika.Message(
+        body=job.model_dump_json().encode(),
+        content_type="application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=job.job_id,
+        correlation_id=job.conversation_id,
+        type=JOB_TYPE,
+        headers={
+            "request_id": job.request_id,
+            "schema_version": job.v,
+            "user_id": job.user_id,
+            "provider": job.provider,
+        },
+    )
+
+
+def result_message(result: TurnResult) -> aio_pika.Message:
+    """A turn result as its AMQP message."""
+    return aio_pika.Message(
+        body=result.model_dump_json().encode(),
+        content_type="application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=result.job_id,
+        type=TURN_TYPE,
+        headers={"request_id": result.request_id, "schema_version": result.v},
+    )

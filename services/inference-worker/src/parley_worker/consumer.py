@@ -17,12 +17,18 @@ import aiormq
 import redis.asyncio as aioredis
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
-from parley_common.amqp import Exchanges, declare_exchanges, declare_job_queue, open_channel
+from parley_common.amqp import (
+    Exchanges,
+    declare_exchanges,
+    declare_job_queue,
+    job_message,
+    open_channel,
+    result_message,
+)
 from parley_common.events import JobEvents
 from parley_common.jobs import JobRegistry
 from parley_common.providers import IMPLEMENTED
 from parley_common.schemas import ChatJob, TurnResult, TurnStatus
-from parley_common.schemas.jobs import JOB_TYPE, TURN_TYPE
 from parley_common.topology import TURN_CANCELLED, TURN_COMPLETED, TURN_FAILED, Topology
 from pydantic import ValidationError
 from redis.exceptions import RedisError
@@ -297,20 +303,7 @@ class Worker:
     async def _publish_job(self, job: ChatJob) -> None:
         assert self._exchanges is not None
         await self._exchanges.jobs.publish(
-            aio_pika.Message(
-                body=job.model_dump_json().encode(),
-                content_type="application/json",
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                message_id=job.job_id,
-                correlation_id=job.conversation_id,
-                type=JOB_TYPE,
-                headers={
-                    "request_id": job.request_id,
-                    "schema_version": job.v,
-                    "user_id": job.user_id,
-                    "provider": job.provider,
-                },
-            ),
+            job_message(job),
             routing_key=job.provider,
             mandatory=True,
         )
@@ -321,14 +314,7 @@ class Worker:
         (bounded) instead of handing the job back at once, since every hand-back counts
         towards the delivery limit and a few would dead-letter a healthy job."""
         assert self._exchanges is not None
-        message = aio_pika.Message(
-            body=result.model_dump_json().encode(),
-            content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=result.job_id,
-            type=TURN_TYPE,
-            headers={"request_id": result.request_id, "schema_version": result.v},
-        )
+        message = result_message(result)
         deadline = time.monotonic() + RESULT_PUBLISH_PATIENCE
         while True:
             try:

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import asyncio
 
-import aio_pika
 import aiormq
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aio_pika.exceptions import AMQPError, DeliveryError, PublishError
-from parley_common.amqp import Exchanges, declare_exchanges, declare_job_queues, open_channel
+from parley_common.amqp import (
+    Exchanges,
+    declare_exchanges,
+    declare_job_queues,
+    job_message,
+    open_channel,
+)
 from parley_common.schemas import ChatJob
-from parley_common.schemas.jobs import JOB_TYPE
 from parley_common.topology import Topology
 
 from parley_gateway.errors import Unavailable
@@ -41,20 +45,7 @@ class JobPublisher:
 
     async def publish(self, job: ChatJob) -> None:
         assert self._exchanges is not None
-        message = aio_pika.Message(
-            body=job.model_dump_json().encode(),
-            content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=job.job_id,
-            correlation_id=job.conversation_id,
-            type=JOB_TYPE,
-            headers={
-                "request_id": job.request_id,
-                "schema_version": job.v,
-                "user_id": job.user_id,
-                "provider": job.provider,
-            },
-        )
+        message = job_message(job)
         try:
             async with asyncio.timeout(PUBLISH_TIMEOUT):
                 confirm = await self._exchanges.jobs.publish(
