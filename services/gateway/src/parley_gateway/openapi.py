@@ -194,9 +194,13 @@ def _schemas() -> dict[str, Schema]:
                 },
                 "image_base64": {
                     "type": "string",
-                    "description": "Image data (this release answers images with a 400).",
+                    "description": "Base64 image (png, jpeg, gif or webp; with `image_mime`); "
+                    "checked for type, signature, size and pixel dimensions.",
                 },
-                "image_mime": {"type": "string"},
+                "image_mime": {
+                    "type": "string",
+                    "description": "image/png, image/jpeg, image/gif or image/webp.",
+                },
                 "channel": {
                     "type": "string",
                     "pattern": "^[a-z0-9][a-z0-9_-]{0,31}$",
