@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 
 import aio_pika
@@ -153,18 +154,29 @@ class Worker:
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
 
-    def _make_handler(self, provider_name: str):  # type: ignore[no-untyped-def]
+    def _make_handler(
+        self, provider_name: str
+    ) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
         async def handler(message: AbstractIncomingMessage) -> None:
-            task = asyncio.current_task()
-            if task is not None:
-                self._tasks.add(task)
-            try:
-                await self._handle(provider_name, message)
-            finally:
-                if task is not None:
-                    self._tasks.discard(task)
+            # The turn runs in a task of its own: aio-pika cancels its consumer
+            # callbacks when the channel closes (a broker restart), and a reply the
+            # provider is still producing should still be finished and saved. Its
+            # ack is then lost; the redelivered job sees the saved `done` in the
+            # replay log and is acked without being generated again.
+            task = asyncio.create_task(self._handle(provider_name, message))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            await asyncio.shield(task)
 
         return handler
+
+    @staticmethod
+    async def _settle(action: Awaitable[None]) -> None:
+        """Ack/nack/reject; on a channel that closed meanwhile the broker redelivers."""
+        try:
+            await action
+        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            log.warning("job.settle_lost", error_type=type(exc).__name__)
 
     async def _handle(self, provider_name: str, message: AbstractIncomingMessage) -> None:
         structlog.contextvars.clear_contextvars()
@@ -178,7 +190,7 @@ class Worker:
             job = ChatJob.model_validate_json(message.body)
         except ValidationError as exc:
             log.error("job.invalid", errors=exc.error_count())
-            await message.reject(requeue=False)
+            await self._settle(message.reject(requeue=False))
             return
         assert self._runner is not None
         provider = self._providers[provider_name]
@@ -188,18 +200,19 @@ class Worker:
         try:
             result = await self._turn(job, provider, cancel, redelivered=bool(message.redelivered))
             if result is None:
-                await message.ack()  # already saved and announced by an earlier attempt
+                # Already saved and announced by an earlier attempt.
+                await self._settle(message.ack())
                 return
             await self._publish_result(result)
         except Exception:
             # The result could not be confirmed: leave the job to be redelivered.
             log.exception("job.result_unpublished")
-            await message.nack(requeue=True)
+            await self._settle(message.nack(requeue=True))
             return
         finally:
             IN_FLIGHT.labels(provider=provider_name).dec()
             self._cancels.pop(job.job_id, None)
-        await message.ack()
+        await self._settle(message.ack())
         log.info(
             "job.finished",
             status=result.status.value,
