@@ -12,7 +12,7 @@ from typing import Any
 import aio_pika
 import pytest
 import redis.asyncio as aioredis
-from parley_common.schemas import decode_envelope
+from parley_common.schemas import TurnStatus, decode_envelope
 from parley_common.topology import TURN_COMPLETED, Topology
 from parley_history.store import Store
 
@@ -121,10 +121,39 @@ async def test_saving_the_same_turn_twice_stores_one_message(stack: Stack):
     conv = await seed_turns(store, user, 1)
     result = turn_result(user, conv, f"job-twice-{user}", "once")
     first, second = await store.save_result(result), await store.save_result(result)
-    assert first == second == f"msg-job-twice-{user}-a"
+    assert first is not None and second is not None
+    assert first[0] == second[0] == f"msg-job-twice-{user}-a"
     again = await asyncio.gather(*(store.save_result(result) for _ in range(5)))
-    assert set(again) == {first}
+    assert {saved[0] for saved in again if saved is not None} == {first[0]}
     assert [d["content"] for d in await stack.messages_in_db(conv)] == ["m0", "once"]
+
+
+async def test_a_second_result_for_a_saved_turn_is_answered_with_what_was_saved(
+    stack: Stack,
+):
+    """Two attempts of one job report differently (the first completed, the second
+    ended it as `worker_lost`): history keeps the first and reports it both times."""
+    user, store = uid(), store_of(stack)
+    conv = await seed_turns(store, user, 1)
+    job = f"job-two-{user}"
+    complete = turn_result(user, conv, job, "the whole reply")
+    lost = complete.model_copy(
+        update={
+            "status": TurnStatus.error,
+            "reply": "the whole",
+            "error": "the reply was interrupted",
+            "error_code": "worker_lost",
+        }
+    )
+    await store.save_result(complete)
+    saved = await store.save_result(lost)
+    assert saved is not None
+    message_id, as_stored = saved
+    assert message_id == f"msg-{job}-a"
+    assert as_stored.status is TurnStatus.complete
+    assert as_stored.reply == "the whole reply" and as_stored.error_code is None
+    docs = await stack.messages_in_db(conv)
+    assert [(d["content"], d["status"]) for d in docs[1:]] == [("the whole reply", "complete")]
 
 
 async def test_a_turn_event_consumed_twice_stores_one_message(stack: Stack):

@@ -129,9 +129,12 @@ class TurnConsumer:
             # A provider may echo a key or a token in its error text: it is stored and
             # sent to the client, so it is scrubbed here, where it leaves the back end.
             result = result.model_copy(update={"error": scrub(result.error)})
-        message_id = await self._store.save_result(result)
-        TURNS_SAVED.labels(status=result.status.value).inc()
+        saved = await self._store.save_result(result)
         seq = result.last_seq + 1
+        message_id: str | None = None
+        if saved is not None:
+            message_id, result = saved  # announce what is stored, should they differ
+        TURNS_SAVED.labels(status=result.status.value).inc()
         event: DoneEvent | ErrorEvent
         if message_id is None:
             log.warning("turn.conversation_gone", conversation_id=result.conversation_id)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from parley_common.schemas import ContextMessage, ImageRef, TurnResult
+from parley_common.schemas import ContextMessage, ImageRef, Source, TurnResult, TurnStatus, Usage
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, OperationFailure
@@ -62,6 +62,25 @@ _MESSAGE_FIELDS = {
     "sources": 1,
     "seq": 1,
 }
+
+
+def _as_result(doc: Doc, incoming: TurnResult) -> TurnResult:
+    """A stored reply as the turn result it was saved from."""
+    usage = doc.get("usage")
+    sources = doc.get("sources")
+    return incoming.model_copy(
+        update={
+            "provider": doc.get("provider") or incoming.provider,
+            "model": doc.get("model"),
+            "status": TurnStatus(doc.get("status", "complete")),
+            "reply": doc.get("content", ""),
+            "reasoning": doc.get("reasoning") or "",
+            "usage": Usage(**usage) if usage else None,
+            "error": doc.get("error"),
+            "error_code": doc.get("error_code"),
+            "sources": [Source(**s) for s in sources] if sources is not None else None,
+        }
+    )
 
 
 def now() -> datetime:
@@ -330,12 +349,17 @@ class Store:
             )
         return out
 
-    async def save_result(self, result: TurnResult) -> str | None:
-        """Store a turn's reply once; None when the conversation is gone."""
+    async def save_result(self, result: TurnResult) -> tuple[str, TurnResult] | None:
+        """Store a turn's reply once; None when the conversation is gone.
+
+        Returns the message id and the result *as stored*: when an earlier delivery
+        of the same turn was saved first, that one, so whoever announces the turn
+        announces what history holds."""
         msg_id = reply_message_id(result.job_id)
         await self.release_turn(result.conversation_id, result.job_id)
-        if await self.messages.find_one({"_id": msg_id}, {"_id": 1}) is not None:
-            return msg_id
+        stored = await self.messages.find_one({"_id": msg_id})
+        if stored is not None:
+            return msg_id, _as_result(stored, result)
         seq = await self._next_seq(result.conversation_id)
         if seq is None:
             return None  # deleted mid-stream: do not bring it back
@@ -353,14 +377,19 @@ class Store:
             "usage": result.usage.model_dump() if result.usage else None,
             "job_id": result.job_id,
             "error": result.error,
+            "error_code": result.error_code,
             "created_at": result.finished_at,
         }
         if result.sources is not None:
             # The pages a `web: true` reply drew on.
             doc["sources"] = [s.model_dump() for s in result.sources]
-        with contextlib.suppress(DuplicateKeyError):
+        try:
             await self.messages.insert_one(doc)
-        return msg_id
+        except DuplicateKeyError:  # a concurrent delivery of the same turn won
+            stored = await self.messages.find_one({"_id": msg_id})
+            if stored is not None:
+                return msg_id, _as_result(stored, result)
+        return msg_id, result
 
     # --- conversations ------------------------------------------------------
     async def list_conversations(
