@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from tests.support.infra import Infra
-from tests.support.stack import JWT_SECRET, purge_namespace
+from tests.support.stack import JWT_SECRET, drop_run
 
 
 def free_port() -> int:
@@ -139,9 +139,4 @@ async def processes(infra: Infra, tmp_path: Path) -> AsyncIterator[ProcessStack]
         yield stack
     finally:
         await stack.stop()
-        from pymongo import AsyncMongoClient
-
-        mongo: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(infra.mongodb_url)
-        await mongo.drop_database(stack.db_name)
-        await mongo.close()
-        await purge_namespace(infra, stack.namespace)
+        await drop_run(infra, stack.db_name, stack.namespace)

@@ -16,7 +16,7 @@ import pytest
 from tests.e2e.conftest import free_port
 from tests.support.infra import Infra
 from tests.support.sse import parse_sse
-from tests.support.stack import purge_namespace
+from tests.support.stack import drop_run
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,9 +86,4 @@ async def test_make_run_answers_through_the_simulator_and_stops_cleanly(
         if proc.returncode is None:
             os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
-        from pymongo import AsyncMongoClient
-
-        mongo: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(infra.mongodb_url)
-        await mongo.drop_database(db)
-        await mongo.close()
-        await purge_namespace(infra, namespace)
+        await drop_run(infra, db, namespace)

@@ -13,7 +13,7 @@ import pytest
 from tests.e2e.conftest import ProcessStack
 from tests.faults.servers import PrivateMongo, PrivateRabbit, PrivateRedis, rabbitmq_scripts
 from tests.support.infra import Infra
-from tests.support.stack import Stack, purge_namespace
+from tests.support.stack import Stack, drop_run
 
 TEARDOWN_TIMEOUT = 60.0
 
@@ -121,9 +121,4 @@ async def processes(
         yield stack
     finally:
         await stack.stop()
-        from pymongo import AsyncMongoClient
-
-        mongo: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(infra.mongodb_url)
-        await mongo.drop_database(stack.db_name)
-        await mongo.close()
-        await purge_namespace(infra, stack.namespace)
+        await drop_run(infra, stack.db_name, stack.namespace)

@@ -28,12 +28,11 @@ import jwt
 import pytest
 from aiohttp import web
 from parley_common.topology import Topology
-from pymongo import AsyncMongoClient
 
 from tests.e2e.conftest import ProcessStack, free_port
 from tests.support.infra import Infra
 from tests.support.sse import parse_sse
-from tests.support.stack import _serve, purge_namespace
+from tests.support.stack import _serve, drop_run
 
 pytestmark = [pytest.mark.security, pytest.mark.timeout(120)]
 
@@ -129,10 +128,7 @@ async def canary_stack(
     finally:
         await stack.stop()
         await runner.cleanup()
-        mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(infra.mongodb_url)
-        await mongo.drop_database(stack.db_name)
-        await mongo.close()
-        await purge_namespace(infra, stack.namespace)
+        await drop_run(infra, stack.db_name, stack.namespace)
 
 
 @dataclass

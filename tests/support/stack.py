@@ -225,6 +225,16 @@ class Stack:
         return await cursor.to_list()
 
 
+async def drop_run(infra: Infra, db_name: str, namespace: str) -> None:
+    """Remove what one run of the stack left: its database, queues, exchanges and keys."""
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(infra.mongodb_url)
+    try:
+        await mongo.drop_database(db_name)
+    finally:
+        await mongo.close()
+    await purge_namespace(infra, namespace)
+
+
 async def purge_namespace(infra: Infra, namespace: str) -> None:
     """Delete every queue, exchange and Redis key this namespace created."""
     topo = Topology(namespace)
