@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import time
@@ -64,15 +65,16 @@ async def chat(request: web.Request) -> web.StreamResponse:
         raise BadRequest(
             "web: no web search backend is configured", code="web_search_not_configured"
         )
-    image = validate_image(
-        req.image_base64,
-        req.image_mime,
-        ImageLimits(
+    image = None
+    if req.image_base64 is not None or req.image_mime is not None:
+        # Decoding and checking an image is CPU work: off the event loop, so that
+        # other streams keep flowing while a 5 MiB upload is examined.
+        limits = ImageLimits(
             svc.settings.max_image_bytes,
             svc.settings.max_image_pixels,
             svc.settings.max_image_side,
-        ),
-    )
+        )
+        image = await asyncio.to_thread(validate_image, req.image_base64, req.image_mime, limits)
     provider = await resolve_provider(svc, req.provider, user_id, request[REQUEST_ID])
     request_id = request[REQUEST_ID]
     job_id = f"job-{secrets.token_hex(12)}"
