@@ -128,3 +128,23 @@ async def test_bad_images_are_refused_naming_the_field(
         assert resp.status == status
         err = (await resp.json())["error"]
     assert err.startswith("image_base64:") and needle in err
+
+
+async def test_an_earlier_image_is_not_sent_again_with_later_turns(stack: Stack):
+    body = {
+        "text": "look at this",
+        "provider": "groq",
+        "image_base64": base64.b64encode(png()).decode(),
+        "image_mime": "image/png",
+    }
+    first = await stack.chat("user-img-later", body)
+    assert "image_url" in json.dumps(stack.sim.requests[-1]["body"])
+    conv = first.last.data["conversation_id"]
+    second = await stack.chat(
+        "user-img-later", {"text": "and now?", "provider": "groq", "conversation_id": conv}
+    )
+    assert second.last.data["reply"] == "Echo: and now?"
+    sent = stack.sim.requests[-1]["body"]["messages"]
+    assert [m["role"] for m in sent] == ["system", "user", "assistant", "user"]
+    assert "image_url" not in json.dumps(sent)
+    assert sent[1]["content"] == "look at this"

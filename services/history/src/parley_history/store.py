@@ -325,28 +325,26 @@ class Store:
         )
 
     async def context(self, conversation_id: str) -> list[ContextMessage]:
+        """The newest messages, oldest first, for the provider. Only the newest
+        message's image goes with them: earlier images stay saved but would make
+        every later turn carry (and pay for) them, so they are not even read."""
         cursor = (
             self.messages.find(
                 {"conversation_id": conversation_id, "content": {"$ne": ""}},
-                {"role": 1, "content": 1, "image": 1},
+                {"role": 1, "content": 1},
             )
             .sort("seq", DESCENDING)
             .limit(self.context_messages)
         )
         docs = await cursor.to_list()
+        newest_image = None
+        if docs:
+            with_image = await self.messages.find_one({"_id": docs[0]["_id"]}, {"image": 1})
+            newest_image = (with_image or {}).get("image")
         docs.reverse()
-        out: list[ContextMessage] = []
-        for i, d in enumerate(docs):
-            # Only the newest message's image goes to the provider: earlier images
-            # stay saved but would make every later turn carry (and pay for) them.
-            img = d.get("image") if i == len(docs) - 1 else None
-            out.append(
-                ContextMessage(
-                    role=d["role"],
-                    content=d["content"],
-                    image=ImageRef(**img) if img else None,
-                )
-            )
+        out = [ContextMessage(role=d["role"], content=d["content"]) for d in docs]
+        if out and newest_image:
+            out[-1] = out[-1].model_copy(update={"image": ImageRef(**newest_image)})
         return out
 
     async def save_result(self, result: TurnResult) -> tuple[str, TurnResult] | None:
