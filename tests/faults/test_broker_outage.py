@@ -71,8 +71,8 @@ async def test_broker_restart_mid_turn(
         assert end.data["reply"] == shown == words(total)
         assert summary(docs[1:]) == [("assistant", "complete", shown)]
     else:
-        # Its result could not be published in time; the redelivery found tokens already
-        # streamed and ended the turn with them instead of generating a second reply.
+        # Its result could not be published within the worker's patience; the redelivery
+        # found tokens streamed and no `done`, and ended the turn with them.
         assert end.data["code"] == "worker_lost", end.data
         assert summary(docs[1:]) == [("assistant", "error", shown)]
     assert docs[1]["_id"] == end.data["message_id"]

@@ -29,7 +29,7 @@ from parley_common.amqp import (
 from parley_common.events import JobEvents
 from parley_common.jobs import JobRegistry
 from parley_common.providers import IMPLEMENTED
-from parley_common.schemas import ChatJob, TurnResult, TurnStatus
+from parley_common.schemas import ChatJob, TurnResult, TurnStatus, decode_envelope
 from parley_common.topology import TURN_CANCELLED, TURN_COMPLETED, TURN_FAILED, Topology
 from pydantic import ValidationError
 from redis.exceptions import RedisError
@@ -249,6 +249,11 @@ class Worker:
                 return None
             start_seq = max((e.seq for e in earlier), default=start_seq)
             streamed = [e for e in earlier if e.type in ("assistant", "reasoning")]
+            if streamed and await self._finished_elsewhere(job.job_id):
+                # The earlier attempt did finish: its ack was lost (a broker restart)
+                # while its result was on the way to history, which has now saved it.
+                log.info("job.already_finished", after_wait=True)
+                return None
             if streamed:
                 log.warning("job.redelivered_mid_reply", streamed_events=len(streamed))
                 return self._runner.result(
@@ -268,6 +273,29 @@ class Worker:
         if await self._fall_back(job, provider.name, outcome):
             return None
         return outcome.result
+
+    async def _finished_elsewhere(self, job_id: str) -> bool:
+        """Wait up to REDELIVERY_GRACE_SECONDS for the job's `done`/`error` to appear."""
+        assert self.redis is not None and self._events is not None
+        grace = self.settings.redelivery_grace_seconds
+        if grace <= 0:
+            return False
+        pubsub = self.redis.pubsub()
+        try:
+            await pubsub.subscribe(self.topo.job_channel(job_id))
+            # Subscribed first, then the log: a terminal event cannot slip between.
+            if any(e.terminal for e in await self._events.replay(job_id)):
+                return True
+            deadline = time.monotonic() + grace
+            while (left := deadline - time.monotonic()) > 0:
+                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
+                if msg is not None and decode_envelope(msg["data"]).terminal:
+                    return True
+            return False
+        except RedisError:
+            return False
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
 
     async def _fall_back(self, job: ChatJob, provider_name: str, outcome: Outcome) -> bool:
         """Hand a turn that failed before its first token to the next provider in

@@ -40,6 +40,9 @@ class WorkerSettings(ProviderSettings, WebSearchSettings):
     fallback_chain: str = ""
     # How long a provider whose key was refused stays out of the fallback chain.
     provider_disable_seconds: int = Field(default=300, ge=1)
+    # A redelivered job whose earlier attempt streamed tokens waits this long for that
+    # attempt's `done` (its ack may have been lost while its result was saved).
+    redelivery_grace_seconds: float = Field(default=5.0, ge=0, le=60)
     # On SIGTERM, how long running turns may take to finish before being failed.
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
     # Web tools (`web: true`, docs/web-tools.md): model turns that may ask for tools.
