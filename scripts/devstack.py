@@ -94,6 +94,9 @@ def main() -> None:
             env["OPENAI_API_KEY"] = "sim-key"
             env["OPENAI_BASE_URL"] = f"http://127.0.0.1:{port}/v1"
             env.setdefault("OPENAI_MODEL", "parley-sim")
+            simulated_search = not (env.get("WEB_SEARCH_URL") or env.get("BRAVE_SEARCH_API_KEY"))
+            if simulated_search:
+                env["WEB_SEARCH_URL"] = f"http://127.0.0.1:{port}"
             time.sleep(0.5)
             if sim.poll() is not None:
                 raise SystemExit("the provider simulator did not start")
@@ -102,6 +105,11 @@ def main() -> None:
                     "NO PROVIDER KEY IS SET: answering through the provider SIMULATOR.",
                     f"The 'openai' provider points at http://127.0.0.1:{port}/v1.",
                     "Replies are canned echoes. Set a provider key (see README) for real ones.",
+                    *(
+                        ["web: true searches the simulator too (WEB_SEARCH_URL is unset)."]
+                        if simulated_search
+                        else []
+                    ),
                 ]
             )
         history = start("-m", "parley_history")

@@ -79,6 +79,31 @@ async def test_make_run_answers_through_the_simulator_and_stops_cleanly(
         assert events[0].data["provider"] == "openai"
         assert events[-1].event == "done"
         assert events[-1].data["reply"] == "Echo: hello from make run"
+        # Keyless, `web: true` is served by the simulator's search as well.
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"{url}/api/chat",
+                json={"text": "search please", "web": True},
+                headers={"Authorization": f"Bearer {token}"},
+            ) as resp,
+        ):
+            assert resp.status == 200, await resp.text()
+            assert (await resp.json())["reply"] == "Echo: search please"
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"{url}/api/chat",
+                json={"text": "parrots [[sim:tool=web_search]]", "web": True},
+                headers={"Authorization": f"Bearer {token}", "Accept": "text/event-stream"},
+            ) as resp,
+        ):
+            events, _ = parse_sse(await resp.text())
+        statuses = [e.data["message"] for e in events if e.event == "status"]
+        assert any("Searching the web" in m for m in statuses), statuses
+        assert events[-1].event == "done", events[-1].data
+        assert "simulated search result" in events[-1].data["reply"]
+        assert events[-1].data["sources"][0]["url"].startswith("https://example.org/")
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 60) == 0
         assert "stopping" in log.read_text()

@@ -590,6 +590,25 @@ async def clear_requests(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
+async def search(request: web.Request) -> web.Response:
+    """A SearXNG-compatible `GET /search?q=…&format=json`, so that keyless `make run`
+    can accept `web: true`. Its results name public pages, which a machine without
+    network access cannot fetch: the model then gets a tool error, as it would."""
+    if request.query.get("format") != "json":
+        return web.Response(status=403, text="format not allowed")
+    query = request.query.get("q", "")
+    slug = "-".join(query.lower().split())[:60] or "search"
+    results = [
+        {
+            "url": f"https://example.org/{slug}",
+            "title": f"About {query} (simulated result)",
+            "content": f"A simulated search result for {query!r}.",
+            "engine": "parley-sim",
+        }
+    ]
+    return web.json_response({"query": query, "number_of_results": 1, "results": results})
+
+
 def create_app() -> web.Application:
     app = web.Application(client_max_size=32 * 1024 * 1024)
     app[STATE] = SimState()
@@ -602,6 +621,7 @@ def create_app() -> web.Application:
     anthropic.register(app)
     gemini.register(app)
     ollama.register(app)
+    app.router.add_get("/search", search)
     app.router.add_get("/_sim/requests", list_requests)
     app.router.add_delete("/_sim/requests", clear_requests)
     return app
