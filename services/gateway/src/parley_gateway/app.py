@@ -47,7 +47,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         publisher = JobPublisher(connection, topo)
         await publisher.start(list(IMPLEMENTED))
-        hub = EventHub(redis, topo, settings.stream_buffer_events)
+        hub = EventHub(redis, topo, settings.stream_buffer_events, settings.replay_log_ttl)
         await hub.start()
         app[SERVICES] = Services(
             settings=settings,

@@ -107,11 +107,13 @@ class Subscription:
 
 
 class EventHub:
-    def __init__(self, redis: aioredis.Redis, topo: Topology, buffer_events: int) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, topo: Topology, buffer_events: int, log_ttl: int
+    ) -> None:
         self._redis = redis
         self._topo = topo
         self._buffer = buffer_events
-        self._log = JobEvents(redis, topo, ttl_seconds=3600)
+        self._log = JobEvents(redis, topo, ttl_seconds=log_ttl)
         self._pubsub = redis.pubsub()
         self._subs: dict[str, set[Subscription]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
