@@ -117,7 +117,6 @@ class EventHub:
         self._pubsub = redis.pubsub()
         self._subs: dict[str, set[Subscription]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
-        self._ready = asyncio.Event()
 
     @property
     def log(self) -> JobEvents:
