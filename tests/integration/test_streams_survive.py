@@ -387,6 +387,10 @@ async def test_a_turn_that_cannot_be_queued_frees_its_conversation(infra: Infra)
         body = {"text": "lost?", "provider": "groq", "conversation_id": conv}
         res = await stack.chat(who, body, stream=False)
         assert res.status == 503
+        async with stack.http.get(
+            f"{stack.url}/api/chat/jobs?conversation_id={conv}", headers=stack.auth(who)
+        ) as r:
+            assert (await r.json())["jobs"] == []  # not listed as running either
         docs = await stack.messages_in_db(conv)
         assert [(d["role"], d["status"]) for d in docs[-2:]] == [
             ("user", "complete"),

@@ -28,6 +28,13 @@ class JobMeta:
     started_at: float
 
 
+_FINISH = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'state', 'finished') end
+redis.call('SREM', KEYS[2], ARGV[1])
+return 1
+"""
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -59,10 +66,15 @@ class JobRegistry:
         await pipe.execute()
 
     async def finish(self, job_id: str, conversation_id: str) -> None:
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.hset(self._topo.job_meta(job_id), "state", "finished")
-        pipe.srem(self._topo.conversation_jobs(conversation_id), job_id)
-        await pipe.execute()
+        """Mark the job finished (only if its entry still exists: an expired entry is
+        not brought back as a key without an expiry) and drop it from the active set."""
+        await self._redis.eval(
+            _FINISH,
+            2,
+            self._topo.job_meta(job_id),
+            self._topo.conversation_jobs(conversation_id),
+            job_id,
+        )
 
     async def get(self, job_id: str) -> JobMeta | None:
         raw = await self._redis.hgetall(self._topo.job_meta(job_id))

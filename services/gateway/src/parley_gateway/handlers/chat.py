@@ -12,6 +12,7 @@ import structlog
 from aiohttp import web
 from parley_common.schemas import ChatJob, ImageRef, MetaEvent, decode_envelope
 from parley_common.schemas.events import encode_envelope
+from redis.exceptions import RedisError
 
 from parley_gateway.context import Services, services
 from parley_gateway.errors import ApiError, BadRequest, Forbidden
@@ -163,6 +164,10 @@ async def _abandon(
         )
     except ApiError:
         log.warning("chat.abandon_failed")
+    try:  # nor listed as a running job that another device could attach to
+        await svc.registry.finish(job.job_id, job.conversation_id)
+    except RedisError:
+        log.warning("chat.abandon_unlisted_failed")
 
 
 def _active_ttl(svc: Services) -> int:
