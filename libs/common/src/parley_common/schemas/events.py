@@ -8,6 +8,7 @@ event objects plus CONTRACT's extensions. On Redis each is wrapped in an
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -84,15 +85,17 @@ _PUBLIC = TypeAdapter(PublicEvent)
 TERMINAL_TYPES = frozenset({"done", "error"})
 
 
-class EventEnvelope(BaseModel):
-    """One event as stored in a job's replay log and published on its channel."""
+@dataclass(frozen=True, slots=True)
+class EventEnvelope:
+    """One event as stored in a job's replay log and published on its channel.
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
-    v: int = 1
+    A plain dataclass, not a model: the gateway decodes one per token."""
+
     seq: int
     type: str
     # The public payload, already JSON-encoded, relayed verbatim as SSE `data`.
     data: str
+    v: int = 1
 
     @property
     def terminal(self) -> bool:
@@ -118,7 +121,9 @@ def encode_delta(seq: int, etype: Literal["assistant", "reasoning"], delta: str)
 
 def decode_envelope(raw: bytes | str) -> EventEnvelope:
     obj = orjson.loads(raw)
-    return EventEnvelope(v=obj.get("v", 1), seq=obj["seq"], type=obj["type"], data=obj["data"])
+    return EventEnvelope(
+        seq=int(obj["seq"]), type=str(obj["type"]), data=str(obj["data"]), v=int(obj.get("v", 1))
+    )
 
 
 def parse_public(data: str | bytes) -> PublicEvent:
