@@ -80,17 +80,22 @@ class Subscription:
                     if env.terminal:
                         return
                 continue
-            getter = asyncio.ensure_future(self.queue.get())
-            stale = asyncio.ensure_future(self.stale.wait())
-            try:
-                await asyncio.wait({getter, stale}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stale.cancel()
-                if not getter.done():
-                    getter.cancel()
-            if not getter.done() or getter.cancelled():
-                continue
-            env = decode_envelope(getter.result())
+            if self.queue.empty():
+                # Nothing buffered: wait for an event or for the stream to go stale.
+                getter = asyncio.ensure_future(self.queue.get())
+                stale = asyncio.ensure_future(self.stale.wait())
+                try:
+                    await asyncio.wait({getter, stale}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stale.cancel()
+                    if not getter.done():
+                        getter.cancel()
+                if not getter.done() or getter.cancelled():
+                    continue
+                raw = getter.result()
+            else:
+                raw = self.queue.get_nowait()  # a busy stream takes no waiter tasks
+            env = decode_envelope(raw)
             if env.seq <= last:
                 continue  # already delivered (replayed, or published twice)
             if env.seq > last + 1:
