@@ -65,7 +65,7 @@ token: install
 	@$(UV) run --frozen --no-sync python scripts/mint_token.py "$(or $(USER_ID),$(USER))"
 
 bench: install mongod
-	$(UV) run --frozen --no-sync python -m bench.stream_bench
+	$(UV) run --frozen --no-sync python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf .run .pytest_cache .mypy_cache .ruff_cache
