@@ -11,13 +11,14 @@ endif
 VENV := .venv
 STAMP := $(VENV)/.synced
 
-.PHONY: uv-bootstrap help install run test test-unit test-integration test-e2e test-faults lint typecheck check token bench mongod clean
+.PHONY: uv-bootstrap help install run test k8s-render test-unit test-integration test-e2e test-faults lint typecheck check token bench mongod clean
 
 help:
 	@echo "make run     - run history, gateway, worker (and the provider simulator without keys)"
 	@echo "make test    - run the whole test suite against real RabbitMQ, Redis and MongoDB"
 	@echo "make token USER=user-123 - mint a development JWT"
 	@echo "make lint | typecheck | check | bench | clean"
+	@echo "make k8s-render [OVERLAY=dev|prod] - print the rendered Kubernetes manifests"
 
 uv-bootstrap:
 	@$(PYTHON) -m uv --version >/dev/null 2>&1 || \
@@ -66,6 +67,12 @@ token: install
 
 bench: install mongod
 	$(UV) run --frozen --no-sync python -m bench $(BENCH_ARGS)
+
+# Kustomize overlays rendered without kustomize (scripts/k8s_render.py); OVERLAY=dev|prod,
+# default both. KUSTOMIZE=1 renders with a kustomize or kubectl found on PATH instead.
+k8s-render: install
+	@$(UV) run --frozen --no-sync python scripts/k8s_render.py \
+	  $(if $(OVERLAY),--overlay $(OVERLAY)) $(if $(KUSTOMIZE),--kustomize)
 
 clean:
 	rm -rf .run .pytest_cache .mypy_cache .ruff_cache
