@@ -11,6 +11,7 @@ import jsonschema
 import pytest
 import yaml
 from parley_common.topology import PROVIDERS as TOPOLOGY_PROVIDERS
+from parley_gateway.settings import GatewaySettings
 from parley_worker.consumer import RESULT_PUBLISH_PATIENCE
 
 from tests.deploy import manifests as m
@@ -182,6 +183,22 @@ def test_workers_get_longer_to_stop_than_their_drain() -> None:
         assert grace >= generation, "a stopping worker lets a whole generation finish"
         needed = grace + RESULT_PUBLISH_PATIENCE + 10
         assert seconds(service["stop_grace_period"]) >= needed, provider
+
+
+def test_gateway_and_history_get_longer_to_stop_than_their_shutdown() -> None:
+    services = m.compose_services()
+    field = GatewaySettings.model_fields.get("shutdown_grace_seconds")
+    stream_grace = float(field.default) if field else 0.0
+    needed = stream_grace + shutdown_timeout("gateway")
+    assert seconds(services["gateway"]["stop_grace_period"]) > needed
+    assert seconds(services["history"]["stop_grace_period"]) > shutdown_timeout("history")
+
+
+def shutdown_timeout(service: str) -> float:
+    """`web.run_app(..., shutdown_timeout=N)` in the service's __main__ (aiohttp: 60)."""
+    main = next((m.ROOT / "services" / service / "src").glob("*/__main__.py")).read_text()
+    found = re.search(r"shutdown_timeout\s*=\s*([\d.]+)", main)
+    return float(found[1]) if found else 60.0
 
 
 def test_only_the_gateway_and_the_management_ui_are_published_on_loopback_by_default() -> None:
