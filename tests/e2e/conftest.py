@@ -20,6 +20,25 @@ from tests.support.infra import Infra
 from tests.support.stack import JWT_SECRET, drop_run
 
 
+def sim_provider_env(sim_url: str) -> dict[str, str]:
+    """Every provider configured against the simulator (each through its own SDK and
+    wire protocol), as environment variables."""
+    return {
+        "GROQ_API_KEY": "sim-key",
+        "GROQ_BASE_URL": f"{sim_url}/openai/v1",
+        "OPENROUTER_API_KEY": "sim-key",
+        "OPENROUTER_BASE_URL": f"{sim_url}/api/v1",
+        "OPENAI_API_KEY": "sim-key",
+        "OPENAI_BASE_URL": f"{sim_url}/v1",
+        "ANTHROPIC_API_KEY": "sim-key",
+        "ANTHROPIC_BASE_URL": sim_url,
+        "CLAUDE_MODEL": "claude-sim-1",  # not a real model: the SDK warns about old ones
+        "GOOGLE_API_KEY": "sim-key",
+        "GOOGLE_BASE_URL": sim_url,
+        "OLLAMA_HOST": sim_url,
+    }
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -35,7 +54,13 @@ class ProcessStack:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     # How each service was started, so that `restart` can start it again.
     spawned: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Per-process environment additions (e.g. a second gateway's port).
+    spawn_env: dict[str, dict[str, str]] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
+    # What a test adds to every process's environment (`{sim}` in a value stands for
+    # the simulator's URL), and the providers the worker serves.
+    extra_env: dict[str, str] = field(default_factory=dict)
+    worker_providers: tuple[str, ...] = ("groq",)
 
     def env(self) -> dict[str, str]:
         return self._env
@@ -46,35 +71,54 @@ class ProcessStack:
         self.url = f"http://127.0.0.1:{ports['gateway']}"
         sim = f"http://127.0.0.1:{ports['sim']}"
         base = {k: v for k, v in os.environ.items() if not k.endswith(("_API_KEY", "_HOST"))}
-        self._env = base | {
-            "LOG_FORMAT": "json",
-            "PARLEY_NAMESPACE": self.namespace,
-            "RABBITMQ_URL": self.infra.rabbitmq_url,
-            "REDIS_URL": self.infra.redis_url,
-            "MONGODB_URL": f"{self.infra.mongodb_url}{self.db_name}",
-            "GATEWAY_PORT": str(ports["gateway"]),
-            "HISTORY_PORT": str(ports["history"]),
-            "WORKER_PORT": str(ports["worker"]),
-            "HISTORY_URL": f"http://127.0.0.1:{ports['history']}",
-            "HISTORY_SERVICE_TOKEN": "e2e-service-token",
-            "AUTH_JWT_SECRET": JWT_SECRET,
-            "GROQ_API_KEY": "sim-key",
-            "GROQ_BASE_URL": f"{sim}/openai/v1",
-        }
+        self._env = (
+            base
+            | {
+                "LOG_FORMAT": "json",
+                "PARLEY_NAMESPACE": self.namespace,
+                "RABBITMQ_URL": self.infra.rabbitmq_url,
+                "REDIS_URL": self.infra.redis_url,
+                "MONGODB_URL": f"{self.infra.mongodb_url}{self.db_name}",
+                "GATEWAY_PORT": str(ports["gateway"]),
+                "HISTORY_PORT": str(ports["history"]),
+                "WORKER_PORT": str(ports["worker"]),
+                "HISTORY_URL": f"http://127.0.0.1:{ports['history']}",
+                "HISTORY_SERVICE_TOKEN": "e2e-service-token",
+                "AUTH_JWT_SECRET": JWT_SECRET,
+                "GROQ_API_KEY": "sim-key",
+                "GROQ_BASE_URL": f"{sim}/openai/v1",
+            }
+            | {name: value.replace("{sim}", sim) for name, value in self.extra_env.items()}
+        )
         self._spawn("sim", "parley_sim", "--port", str(ports["sim"]))
         self._spawn("history", "parley_history")
         await self.wait_http(f"http://127.0.0.1:{ports['history']}/readyz")
-        self._spawn("worker", "parley_worker", "--provider", "groq")
+        providers = [arg for p in self.worker_providers for arg in ("--provider", p)]
+        self._spawn("worker", "parley_worker", *providers)
         await self.wait_http(f"http://127.0.0.1:{ports['worker']}/readyz")
         self._spawn("gateway", "parley_gateway")
         await self.wait_http(f"{self.url}/readyz")
 
-    def _spawn(self, name: str, module: str, *args: str, append: bool = False) -> None:
+    def _spawn(
+        self,
+        name: str,
+        module: str,
+        *args: str,
+        append: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """Start `python -m module args` as process `name`, logging to `<name>.log`;
+        `env` adds to (or overrides) the stack's environment for this process only."""
         mode = "ab" if append else "wb"
         log = open(self.logdir / f"{name}.log", mode)  # noqa: SIM115 - closed with the process
         self.spawned[name] = (module, *args)
+        if env is not None:
+            self.spawn_env[name] = env
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", module, *args], env=self._env, stdout=log, stderr=log
+            [sys.executable, "-m", module, *args],
+            env=self._env | self.spawn_env.get(name, {}),
+            stdout=log,
+            stderr=log,
         )
 
     async def kill(self, name: str) -> int:
@@ -116,18 +160,21 @@ class ProcessStack:
         return (self.logdir / f"{name}.log").read_text().splitlines()
 
     async def stop(self) -> dict[str, int]:
+        """SIGTERM every process (gateways, then workers, history, the simulator, each
+        kind at once), and their exit codes (-9: killed after 30 s)."""
         codes: dict[str, int] = {}
-        for name in ("gateway", "worker", "history", "sim"):
-            proc = self.procs.get(name)
-            if proc is None:
-                continue
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                codes[name] = await asyncio.to_thread(proc.wait, 30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                codes[name] = -9
+        for kind in ("gateway", "worker", "history", "sim", ""):
+            names = [n for n in self.procs if n not in codes and n.startswith(kind)]
+            for name in names:
+                if self.procs[name].poll() is None:
+                    self.procs[name].send_signal(signal.SIGTERM)
+            for name in names:
+                proc = self.procs[name]
+                try:
+                    codes[name] = await asyncio.to_thread(proc.wait, 30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    codes[name] = -9
         return codes
 
 

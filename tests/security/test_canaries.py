@@ -8,11 +8,18 @@ the dead-lettered payload are grepped for the canaries.
 One provider key is shaped like a real key (`sk-…`: caught by its shape anywhere) and
 one is not (caught because the worker registered its own keys), so both nets of
 `parley_common.redact` are exercised.
+
+User content that is not ours to log is checked the same way, in the logs of all three
+services (issue #8, point 5): image data (a turn with an image, one whose provider
+echoes the image back in its error, one whose image is refused) and a JWT pasted into
+a chat's text.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
 import os
 import secrets
@@ -28,6 +35,7 @@ import jwt
 import pytest
 from aiohttp import web
 from parley_common.topology import Topology
+from PIL import Image
 
 from tests.e2e.conftest import ProcessStack, free_port
 from tests.support.infra import Infra
@@ -44,6 +52,21 @@ CANARY_OPENROUTER_KEY = f"canary-openrouter-key-{TAG}"  # no well-known key shap
 CANARY_CLAUDE_KEY = f"sk-ant-canary-claude-{TAG}"
 
 
+# A token of someone else's, pasted into a chat's text: user content, never a log field.
+CANARY_TEXT_JWT = jwt.encode(
+    {"sub": f"pasted-{TAG}", "iat": int(time.time()), "exp": int(time.time()) + 600},
+    f"another-issuers-secret-{TAG}-0123456789abcdef",
+    "HS256",
+)
+
+
+def canary_image() -> str:
+    """A PNG of random pixels (so its base64 is found nowhere else), as base64."""
+    out = io.BytesIO()
+    Image.frombytes("RGB", (24, 24), os.urandom(24 * 24 * 3)).save(out, format="PNG")
+    return base64.b64encode(out.getvalue()).decode()
+
+
 def canary_token(user: str, **claims: Any) -> str:
     now = int(time.time())
     body = {"sub": user, "iat": now, "exp": now + 600} | claims
@@ -56,11 +79,19 @@ class LeakyProvider:
     providers partly do: "Incorrect API key provided: sk-…")."""
 
     seen_keys: list[str] = field(default_factory=list)
+    seen_bodies: list[str] = field(default_factory=list)
 
     async def completions(self, request: web.Request) -> web.Response:
         auth = request.headers.get("Authorization", "")
         self.seen_keys.append(auth.removeprefix("Bearer "))
         message = f"Incorrect API key provided: {auth.removeprefix('Bearer ')} (header: {auth})"
+        # Some providers quote the offending input back, an inline image included.
+        body = await request.text()
+        self.seen_bodies.append(body)
+        if "data:image/" in body:
+            start = body.index("data:image/")
+            echoed = body[start : body.index('"', start)]
+            message += f" (input: {echoed})"
         return web.json_response(
             {"error": {"message": message, "type": "invalid_request_error", "code": "bad_key"}},
             status=401,
@@ -139,6 +170,10 @@ class Seen:
 
     def add(self, where: str, text: str) -> None:
         self.texts[f"{where} #{len(self.texts)}"] = text
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 async def _request(
@@ -255,8 +290,47 @@ async def test_canary_secrets_never_leave_through_any_path(
         ):
             status, _ = await _request(http, seen, "GET", f"{stack.url}{path}", token)
             assert status == 200
+        # User content: an image (saved and sent to the provider), an image the provider
+        # echoes back in its error, a refused image, and a JWT pasted into the text.
+        image = canary_image()
+        for provider, expected in (("groq", "done"), ("openrouter", "error")):
+            body = {
+                "text": "what is this?",
+                "provider": provider,
+                "image_base64": image,
+                "image_mime": "image/png",
+            }
+            async with http.post(chat, json=body, headers=_bearer(token) | sse) as resp:
+                events = parse_sse(await resp.text())[0]
+            assert events[-1].event == expected, events[-1].data
+        assert any(image in b for b in leaky.seen_bodies), "the image never left"
+        bad = {"text": "x", "image_base64": image[:-8] + "AAAAAAAA", "image_mime": "image/jpeg"}
+        async with http.post(chat, json=bad, headers=_bearer(token)) as resp:
+            assert resp.status == 400, await resp.text()
+        pasted = {"text": f"is this token valid? {CANARY_TEXT_JWT}", "provider": "groq"}
+        async with http.post(chat, json=pasted, headers=_bearer(token) | sse) as resp:
+            events = parse_sse(await resp.text())[0]
+        assert CANARY_TEXT_JWT in events[-1].data["reply"]  # the user's own text, echoed
     codes = await stack.stop()
     assert all(code == 0 for code in codes.values()), codes
+    service_logs = {
+        name: (stack.logdir / f"{name}.log").read_text()
+        for name in ("gateway", "history", "worker")
+    }
+    assert all(service_logs.values()), "a service wrote no log at all"
+    content = {
+        "image (base64)": image,
+        "image (a slice of it)": image[len(image) // 2 : len(image) // 2 + 48],
+        "pasted JWT": CANARY_TEXT_JWT,
+        "pasted JWT signature": CANARY_TEXT_JWT.rsplit(".", 1)[1],
+    }
+    logged = [
+        f"{what} in {name}.log"
+        for name, text in service_logs.items()
+        for what, value in content.items()
+        if value in text
+    ]
+    assert not logged, logged
     for name in ("gateway", "history", "worker", "sim"):
         seen.add(f"{name}.log", (stack.logdir / f"{name}.log").read_text())
 

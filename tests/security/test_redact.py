@@ -3,13 +3,15 @@ point 5): registered values, secret-shaped strings, exceptions and library logs.
 
 from __future__ import annotations
 
+import base64
 import logging
+import os
 import sys
 
 import pytest
 import structlog
 from parley_common.logging import ScrubFilter, _drop_secrets
-from parley_common.redact import REDACTED, REDACTOR, Redactor, secret_values
+from parley_common.redact import DATA_ELIDED, REDACTED, REDACTOR, Redactor, secret_values
 from parley_gateway.settings import GatewaySettings
 from pydantic import SecretStr
 
@@ -115,3 +117,33 @@ def test_standard_library_records_are_scrubbed():
     assert ScrubFilter().filter(record)
     out = logging.Formatter().format(record)
     assert "stdlib-canary-value-xyz" not in out and JWT not in out
+
+
+def test_inline_image_data_is_elided_from_text_and_log_lines():
+    """Image data is user content, never a log field: a `data:` URL or a long base64 run
+    (an SDK or provider echoing a request back, an exception quoting its input) becomes
+    `[data elided]`, in plain text, in structured values and in rendered exceptions."""
+    b64 = base64.b64encode(os.urandom(600)).decode()
+    for text in (
+        f"bad input: data:image/png;base64,{b64}",
+        f"bad input: data:image/png;base64,{b64[:40]} (truncated)",
+        f'{{"inline_data": {{"mime_type": "image/png", "data": "{b64}"}}}}',
+        f"urlsafe {b64.replace('+', '-').replace('/', '_')} end",
+    ):
+        out = Redactor().scrub(text)
+        assert b64[:40] not in out and DATA_ELIDED in out, out
+    try:
+        raise ValueError(f"cannot decode image {b64}")
+    except ValueError:
+        exc_info = sys.exc_info()
+    rendered = structlog.processors.format_exc_info(None, "error", {"exc_info": exc_info})
+    event = _drop_secrets(None, "error", rendered | {"event": "x", "echo": [f"data {b64}"]})
+    assert b64[:40] not in repr(event)
+
+
+def test_ids_and_ordinary_long_text_are_not_mistaken_for_data():
+    ids = "job-0123456789abcdef01234567 req-0123456789abcdef " + "a1b2c3d4" * 8
+    prose = "word " * 200
+    path = "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+    for text in (ids, prose, path):
+        assert Redactor().scrub(text) == text

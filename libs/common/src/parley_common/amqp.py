@@ -14,7 +14,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+)
 
 from parley_common.schemas import ChatJob, TurnResult
 from parley_common.schemas.jobs import JOB_TYPE, TURN_TYPE
@@ -133,12 +138,33 @@ def job_message(job: ChatJob) -> aio_pika.Message:
 
 
 def result_message(result: TurnResult) -> aio_pika.Message:
-    """A turn result as its AMQP message."""
+    """A turn result as its AMQP message (the same tracing headers as its job)."""
     return aio_pika.Message(
         body=result.model_dump_json().encode(),
         content_type="application/json",
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         message_id=result.job_id,
+        correlation_id=result.conversation_id,
         type=TURN_TYPE,
-        headers={"request_id": result.request_id, "schema_version": result.v},
+        headers={
+            "request_id": result.request_id,
+            "schema_version": result.v,
+            "user_id": result.user_id,
+            "provider": result.provider,
+        },
     )
+
+
+def log_context(message: AbstractIncomingMessage) -> dict[str, str]:
+    """The log fields a job or turn message carries in its metadata (readable before,
+    and whether or not, its body parses): `request_id`, `user_id` and `provider` from
+    the headers, `job_id` from `message_id`, `conversation_id` from `correlation_id`."""
+    headers = message.headers or {}
+    fields = {
+        "request_id": headers.get("request_id"),
+        "user_id": headers.get("user_id"),
+        "provider": headers.get("provider"),
+        "job_id": message.message_id,
+        "conversation_id": message.correlation_id,
+    }
+    return {k: str(v) for k, v in fields.items() if v}

@@ -6,7 +6,9 @@ Two nets, both applied by `Redactor.scrub`:
   service token, passwords inside engine URLs), registered once at start-up;
 - shapes that are secrets wherever they come from: a `Bearer …` credential, anything
   that looks like a JWT, and API keys in the formats providers issue (`sk-…`,
-  `sk-ant-…`, `sk-or-…`, `gsk_…`, `AIza…`, `xai-…`).
+  `sk-ant-…`, `sk-or-…`, `gsk_…`, `AIza…`, `xai-…`);
+- inline data: a `data:…;base64,` URL or a run of 200+ base64 characters (an image a
+  provider or SDK echoed back) becomes `[data elided]`.
 
 The second net is what catches a key that an SDK or a provider echoes back in an
 error ("Incorrect API key provided: sk-…"), even in a process that never held it.
@@ -22,6 +24,7 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 
 REDACTED = "[redacted]"
+DATA_ELIDED = "[data elided]"
 # Values shorter than this are not registered: redacting "guest" everywhere would
 # mangle logs and protect nothing.
 MIN_SECRET_CHARS = 8
@@ -37,6 +40,12 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         REDACTED,
     ),
     (re.compile(r"\bAIza[0-9A-Za-z_\-]{30,}"), REDACTED),
+    # Inline data (an image as a `data:` URL or bare base64, as providers and SDKs echo
+    # a request back): not a secret, but user content that never belongs in a log line.
+    # No id, key or word is 200 base64 characters without a break.
+    (re.compile(r"data:[\w.+-]+/[\w.+-]+;base64,[A-Za-z0-9+/=_-]*"), DATA_ELIDED),
+    # (The lookbehind starts a match only where a run starts: linear time.)
+    (re.compile(r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{200,}={0,2}"), DATA_ELIDED),
 )
 
 

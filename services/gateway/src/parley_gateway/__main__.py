@@ -29,7 +29,9 @@ def main() -> None:
         port=settings.gateway_port,
         print=None,
         access_log=None,
-        shutdown_timeout=10,
+        # on_shutdown has already let streams run for the grace and ended the rest;
+        # this only bounds what is left (their last write, short API calls).
+        shutdown_timeout=5,
     )
 
 

@@ -9,7 +9,7 @@ import aiohttp
 import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
-from parley_common.http import add_probe_routes
+from parley_common.http import add_probe_routes, amqp_connected
 from parley_common.jobs import JobRegistry
 from parley_common.providers import IMPLEMENTED
 from parley_common.topology import Topology
@@ -20,6 +20,7 @@ from parley_gateway.adapters.idempotency import Idempotency
 from parley_gateway.adapters.job_publisher import JobPublisher
 from parley_gateway.auth import Authenticator, check_auth_settings
 from parley_gateway.context import SERVICES, Services
+from parley_gateway.drain import Drain
 from parley_gateway.handlers import chat, conversations, jobs
 from parley_gateway.middlewares import (
     authenticate,
@@ -70,6 +71,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
                 max_streams=settings.max_streams_per_user,
                 lease_seconds=settings.stream_lease_seconds,
             ),
+            drain=Drain(),
         )
         log.info("gateway.ready", providers=settings.available_providers())
         yield
@@ -98,9 +100,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
         return await app[SERVICES].redis.ping()
 
     async def amqp_ready() -> object:
-        if app[SERVICES].publisher.connection.is_closed:
-            raise ConnectionError("amqp closed")
-        return True
+        return await amqp_connected(app[SERVICES].publisher.connection)
 
     async def history_ready() -> object:
         svc = app[SERVICES]
@@ -108,5 +108,19 @@ def create_app(settings: GatewaySettings) -> web.Application:
             r.raise_for_status()
         return True
 
-    add_probe_routes(app, {"redis": redis_ready, "rabbitmq": amqp_ready, "history": history_ready})
+    def draining() -> bool:
+        return SERVICES in app and app[SERVICES].drain.draining
+
+    add_probe_routes(
+        app,
+        {"redis": redis_ready, "rabbitmq": amqp_ready, "history": history_ready},
+        draining=draining,
+    )
+    app.on_shutdown.append(_drain)
     return app
+
+
+async def _drain(app: web.Application) -> None:
+    """SIGTERM: the listener is already closed; let open streams finish (drain.py)."""
+    if SERVICES in app:
+        await app[SERVICES].drain.drain(app[SETTINGS].shutdown_grace_seconds)

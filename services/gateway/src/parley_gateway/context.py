@@ -13,6 +13,7 @@ from parley_gateway.adapters.history_client import HistoryClient
 from parley_gateway.adapters.idempotency import Idempotency
 from parley_gateway.adapters.job_publisher import JobPublisher
 from parley_gateway.auth import Authenticator
+from parley_gateway.drain import Drain
 from parley_gateway.ratelimit import RateLimits
 from parley_gateway.settings import GatewaySettings
 
@@ -28,6 +29,7 @@ class Services:
     idempotency: Idempotency
     redis: aioredis.Redis
     limits: RateLimits
+    drain: Drain
 
 
 SERVICES = web.AppKey("services", Services)

@@ -70,7 +70,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         response = web.json_response({"error": "internal error", "code": "internal"}, status=500)
     elapsed = time.perf_counter() - started
     REQUESTS.labels(request.method, route_name, str(status)).inc()
-    REQUEST_SECONDS.labels(route_name).observe(elapsed)
+    REQUEST_SECONDS.labels(request.method, route_name, str(status)).observe(elapsed)
     log.info(
         "http.request",
         method=request.method,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import structlog
 from aiohttp import web
 from parley_common.topology import PROVIDERS
 
@@ -68,7 +69,9 @@ def required_conversation_id(request: web.Request) -> str:
     value = query_one(request, "conversation_id")
     if value is None:
         raise BadRequest("conversation_id: is required")
-    return validate_conversation_id(value)
+    checked = validate_conversation_id(value)
+    structlog.contextvars.bind_contextvars(conversation_id=checked)
+    return checked
 
 
 def optional_folder_id(request: web.Request) -> str | None:
@@ -77,8 +80,12 @@ def optional_folder_id(request: web.Request) -> str | None:
 
 
 def path_id(request: web.Request, name: str) -> str:
-    """A path segment, already percent-decoded by aiohttp (`%3A` is `:`)."""
-    return validate_conversation_id(request.match_info[name], name)
+    """A path segment, already percent-decoded by aiohttp (`%3A` is `:`); a
+    conversation's id is bound to the request's log lines."""
+    checked = validate_conversation_id(request.match_info[name], name)
+    if name == "conversation_id":
+        structlog.contextvars.bind_contextvars(conversation_id=checked)
+    return checked
 
 
 async def body(request: web.Request, allowed: frozenset[str]) -> dict[str, Any]:

@@ -39,3 +39,6 @@ class GatewaySettings(ProviderSettings, WebSearchSettings):
     sse_send_timeout: float = Field(default=30.0, gt=0)
     history_timeout: float = Field(default=10.0, gt=0)
     cancel_on_disconnect: bool = False
+    # On SIGTERM, how long open streams may run on before they are told to resume
+    # elsewhere (keep it under the orchestrator's termination grace, minus any preStop).
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)

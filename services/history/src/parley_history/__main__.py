@@ -28,6 +28,9 @@ def main() -> None:
         port=settings.history_port,
         print=None,
         access_log=None,
+        # In-flight API calls are short; the turn consumer drains in its own cleanup
+        # (SHUTDOWN_GRACE_SECONDS).
+        shutdown_timeout=5,
     )
 
 

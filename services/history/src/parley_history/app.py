@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import aio_pika
 import redis.asyncio as aioredis
 import structlog
+from aio_pika.abc import AbstractQueue, AbstractRobustConnection
 from aiohttp import web
 from parley_common.amqp import (
     declare_dead_jobs_queue,
@@ -17,7 +22,7 @@ from parley_common.amqp import (
     open_channel,
 )
 from parley_common.events import JobEvents
-from parley_common.http import add_probe_routes
+from parley_common.http import add_probe_routes, amqp_connected, request_metrics, route_of
 from parley_common.jobs import JobRegistry
 from parley_common.schemas import ImageRef, TurnResult, TurnStatus
 from parley_common.topology import Topology
@@ -28,7 +33,7 @@ from parley_history import handlers
 from parley_history.consumer import TurnConsumer
 from parley_history.context import AUTH_CHECK, REQUEST_ID_HEADER, STORE, USER_HEADER, user_of
 from parley_history.errors import BadRequest, HistoryError
-from parley_history.metrics import TURNS_BEGUN
+from parley_history.metrics import REQUEST_SECONDS, REQUESTS, TURNS_BEGUN
 from parley_history.settings import HistorySettings
 from parley_history.store import Store, open_client
 
@@ -59,10 +64,33 @@ PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 @web.middleware
 async def context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Binds the request id (handlers bind user, conversation and job as they learn
+    them), renders errors, and writes one canonical `http.request` line per request
+    (probes at debug level)."""
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(
         request_id=request.headers.get(REQUEST_ID_HEADER, ""),
     )
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await _answer(request, handler)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        (log.debug if request.path in PUBLIC_PATHS else log.info)(
+            "http.request",
+            method=request.method,
+            path=route_of(request),
+            status=status,
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+
+
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path not in PUBLIC_PATHS:
         # Every other path, routed or not, needs the credential (handlers check again).
         request.app[AUTH_CHECK](request)
@@ -136,7 +164,9 @@ async def begin_turn(request: web.Request) -> web.Response:
         body = BeginTurn.model_validate_json(await request.read())
     except ValidationError as exc:
         raise BadRequest(f"invalid begin-turn body: {exc.errors()[0]['loc']}") from exc
-    structlog.contextvars.bind_contextvars(job_id=body.job_id)
+    structlog.contextvars.bind_contextvars(job_id=body.job_id, provider=body.provider)
+    if body.conversation_id is not None:
+        structlog.contextvars.bind_contextvars(conversation_id=body.conversation_id)
     turn = await request.app[STORE].begin_turn(
         user_id=user,
         conversation_id=body.conversation_id,
@@ -148,9 +178,9 @@ async def begin_turn(request: web.Request) -> web.Response:
         lock_seconds=body.lock_seconds,
     )
     TURNS_BEGUN.inc()
+    structlog.contextvars.bind_contextvars(conversation_id=turn.conversation_id)
     log.info(
         "turn.begun",
-        conversation_id=turn.conversation_id,
         created=turn.created,
         context_messages=len(turn.context),
     )
@@ -182,7 +212,9 @@ async def abandon_turn(request: web.Request) -> web.Response:
         body = AbandonTurn.model_validate_json(await request.read())
     except ValidationError as exc:
         raise BadRequest(f"invalid abandon body: {exc.errors()[0]['loc']}") from exc
-    structlog.contextvars.bind_contextvars(job_id=job_id)
+    structlog.contextvars.bind_contextvars(
+        job_id=job_id, conversation_id=body.conversation_id, provider=body.provider
+    )
     store = request.app[STORE]
     await store.owned_conversation(user, body.conversation_id)
     await store.save_result(
@@ -199,7 +231,7 @@ async def abandon_turn(request: web.Request) -> web.Response:
             finished_at=datetime.now(UTC),
         )
     )
-    log.warning("turn.abandoned", conversation_id=body.conversation_id)
+    log.warning("turn.abandoned")
     return web.json_response({"ok": True})
 
 
@@ -218,6 +250,31 @@ async def _mongo_ctx(app: web.Application) -> AsyncIterator[None]:
     await client.close()
 
 
+@dataclass(slots=True)
+class Consuming:
+    """History's broker and Redis side: the turn consumer and its subscriptions."""
+
+    connection: AbstractRobustConnection
+    redis: aioredis.Redis
+    consumer: TurnConsumer
+    subscriptions: list[tuple[AbstractQueue, str]] = field(default_factory=list)
+    draining: bool = False
+
+    async def stop_consuming(self) -> None:
+        """No new deliveries (idempotent); messages being handled go on."""
+        if self.draining:
+            return
+        self.draining = True
+        for queue, tag in self.subscriptions:
+            # A broker that is down cannot be told; closing the connection ends it too.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await queue.cancel(tag)
+
+
+CONSUMING = web.AppKey("consuming", Consuming)
+
+
 async def _consumer_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     topo = Topology(settings.parley_namespace)
@@ -229,23 +286,33 @@ async def _consumer_ctx(app: web.Application) -> AsyncIterator[None]:
     consumer = TurnConsumer(
         app[STORE], JobEvents(redis, topo, settings.replay_log_ttl), JobRegistry(redis, topo)
     )
-    tag = await queue.consume(consumer.on_message)
+    consuming = Consuming(connection, redis, consumer)
+    consuming.subscriptions.append((queue, await queue.consume(consumer.on_message)))
     dead_queue = await declare_dead_jobs_queue(channel, topo, exchanges)
-    dead_tag = await dead_queue.consume(consumer.on_dead_letter)
-    app[_PINGS] = (redis, connection)
+    consuming.subscriptions.append((dead_queue, await dead_queue.consume(consumer.on_dead_letter)))
+    app[CONSUMING] = consuming
     log.info("history.consuming", queue=queue.name)
     yield
-    await queue.cancel(tag)
-    await dead_queue.cancel(dead_tag)
+    # Drain: stop taking turn results, let those being saved finish (bounded), close.
+    await consuming.stop_consuming()
+    left = await consumer.drain(settings.shutdown_grace_seconds)
+    if left:
+        log.warning("history.drain_incomplete", in_flight=left)
     await connection.close()
     await redis.aclose()
 
 
-_PINGS = web.AppKey("pings", tuple)
+async def _stop_consuming(app: web.Application) -> None:
+    """SIGTERM (on_shutdown, before in-flight HTTP requests are waited for)."""
+    if CONSUMING in app:
+        await app[CONSUMING].stop_consuming()
 
 
 def create_app(settings: HistorySettings) -> web.Application:
-    app = web.Application(middlewares=[context_middleware], client_max_size=16 * 1024 * 1024)
+    app = web.Application(
+        middlewares=[request_metrics(REQUESTS, REQUEST_SECONDS), context_middleware],
+        client_max_size=16 * 1024 * 1024,
+    )
     app[SETTINGS] = settings
     app[AUTH_CHECK] = ServiceAuth(settings)
     app.cleanup_ctx.append(_mongo_ctx)
@@ -258,14 +325,17 @@ def create_app(settings: HistorySettings) -> web.Application:
         return await app[STORE].db.command("ping")
 
     async def redis_ready() -> object:
-        redis, _ = app[_PINGS]
-        return await redis.ping()
+        return await app[CONSUMING].redis.ping()
 
     async def amqp_ready() -> object:
-        _, connection = app[_PINGS]
-        if connection.is_closed:
-            raise ConnectionError("amqp closed")
-        return True
+        return await amqp_connected(app[CONSUMING].connection)
 
-    add_probe_routes(app, {"mongodb": mongo_ready, "redis": redis_ready, "rabbitmq": amqp_ready})
+    # History's own dependencies: MongoDB (its store), RabbitMQ (turn results) and
+    # Redis (where it announces `done`/`error`).
+    add_probe_routes(
+        app,
+        {"mongodb": mongo_ready, "redis": redis_ready, "rabbitmq": amqp_ready},
+        draining=lambda: CONSUMING in app and app[CONSUMING].draining,
+    )
+    app.on_shutdown.append(_stop_consuming)
     return app

@@ -3,15 +3,21 @@
 The announcement comes after the save, so `done` means saved. The AMQP message
 is acked only after both; a failure in either requeues it, and the save is
 idempotent by job id, so a redelivery stores nothing twice.
+
+On shutdown the consumers are cancelled first (app.py); `drain` then waits for the
+results already being saved, so none is cut between its save and its announcement.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
+from parley_common.amqp import log_context
 from parley_common.events import JobEvents
 from parley_common.jobs import JobRegistry
 from parley_common.redact import scrub
@@ -20,7 +26,7 @@ from parley_common.schemas.events import encode_envelope
 from parley_common.schemas.jobs import JOB_TYPE
 from pydantic import ValidationError
 
-from parley_history.metrics import TURNS_SAVED
+from parley_history.metrics import RESULTS_IN_FLIGHT, TURNS_SAVED
 from parley_history.store import Store
 
 log = structlog.get_logger("parley_history.consumer")
@@ -31,27 +37,58 @@ class TurnConsumer:
         self._store = store
         self._events = events
         self._registry = registry
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @contextlib.contextmanager
+    def _tracked(self) -> Iterator[None]:
+        self._in_flight += 1
+        self._idle.clear()
+        RESULTS_IN_FLIGHT.inc()
+        try:
+            yield
+        finally:
+            RESULTS_IN_FLIGHT.dec()
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
+
+    async def drain(self, grace: float) -> int:
+        """Wait up to `grace` seconds for the messages being handled; how many were left
+        (they are redelivered once the connection closes)."""
+        if self._in_flight:
+            log.info("history.draining", in_flight=self._in_flight, grace_s=grace)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self._idle.wait()
+        return self._in_flight
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         structlog.contextvars.clear_contextvars()
-        headers = message.headers or {}
-        structlog.contextvars.bind_contextvars(
-            request_id=str(headers.get("request_id", "")), job_id=message.message_id
-        )
-        try:
-            result = TurnResult.model_validate_json(message.body)
-        except ValidationError as exc:
-            log.error("turn.invalid", errors=exc.error_count())
-            await message.reject(requeue=False)  # to the dead-letter queue
-            return
-        try:
-            await self.handle(result)
-        except Exception:
-            log.exception("turn.save_failed", redelivered=message.redelivered)
-            await self._backoff(message)
-            await message.nack(requeue=True)
-            return
-        await message.ack()
+        structlog.contextvars.bind_contextvars(**log_context(message))
+        with self._tracked():
+            try:
+                result = TurnResult.model_validate_json(message.body)
+            except ValidationError as exc:
+                log.error("turn.invalid", errors=exc.error_count())
+                await message.reject(requeue=False)  # to the dead-letter queue
+                return
+            structlog.contextvars.bind_contextvars(
+                request_id=result.request_id,
+                user_id=result.user_id,
+                conversation_id=result.conversation_id,
+                provider=result.provider,
+                job_id=result.job_id,
+            )
+            try:
+                await self.handle(result)
+            except Exception:
+                log.exception("turn.save_failed", redelivered=message.redelivered)
+                await self._backoff(message)
+                await message.nack(requeue=True)
+                return
+            await message.ack()
 
     @staticmethod
     async def _backoff(message: AbstractIncomingMessage) -> None:
@@ -64,11 +101,13 @@ class TurnConsumer:
     async def on_dead_letter(self, message: AbstractIncomingMessage) -> None:
         """A job that no worker could finish: save an error reply and tell its client."""
         structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(**log_context(message))
+        with self._tracked():
+            await self._dead_letter(message)
+
+    async def _dead_letter(self, message: AbstractIncomingMessage) -> None:
         headers = message.headers or {}
         job_id = message.message_id or ""
-        structlog.contextvars.bind_contextvars(
-            request_id=str(headers.get("request_id", "")), job_id=job_id
-        )
         if message.type != JOB_TYPE or not job_id:
             log.warning("dead_letter.ignored", type=message.type)
             await message.ack()  # stays visible in the dead-letter queue's own metrics

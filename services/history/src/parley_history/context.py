@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import structlog
 from aiohttp import web
 
 from parley_history.errors import BadRequest
@@ -37,6 +38,7 @@ def user_of(request: web.Request) -> str:
         raise BadRequest(f"{USER_HEADER} header is required")
     if len(user) > MAX_USER_CHARS or any(ord(c) < 0x20 or ord(c) == 0x7F for c in user):
         raise BadRequest(f"{USER_HEADER}: not a valid user id")
+    structlog.contextvars.bind_contextvars(user_id=user)
     return user
 
 

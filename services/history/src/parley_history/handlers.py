@@ -225,7 +225,9 @@ async def list_conversations(request: web.Request) -> web.Response:
 
 
 def _conversation_id(request: web.Request) -> str:
-    return checked_id(request.match_info["conversation_id"], "conversation_id")
+    conversation_id = checked_id(request.match_info["conversation_id"], "conversation_id")
+    structlog.contextvars.bind_contextvars(conversation_id=conversation_id)
+    return conversation_id
 
 
 async def get_conversation(request: web.Request) -> web.Response:

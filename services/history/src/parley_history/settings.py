@@ -17,3 +17,5 @@ class HistorySettings(CommonSettings):
     # History refuses to start without HISTORY_SERVICE_TOKEN; this lets it run with no
     # service check at all (a development machine where nothing else can reach it).
     history_allow_no_token: bool = False
+    # On SIGTERM, how long turn results already being saved may take to finish.
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)

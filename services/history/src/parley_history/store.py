@@ -15,6 +15,8 @@ derived from the job id (`msg-<job_id>-u` / `-a`), which makes both writes of a
 turn idempotent: a redelivered turn event meets a duplicate key, not a second copy.
 
 Ownership is always decided by the stored `user_id`, never by parsing an id.
+
+Every public write is timed (`parley_history_write_seconds{op}`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from parley_history.errors import Conflict, Forbidden, NotFound, TurnInProgress
+from parley_history.metrics import timed_write
 
 Doc = dict[str, Any]
 
@@ -227,6 +230,7 @@ class Store:
         )
         return None if conv is None else int(conv["next_seq"])
 
+    @timed_write("begin_turn")
     async def begin_turn(
         self,
         *,
@@ -347,6 +351,7 @@ class Store:
             out[-1] = out[-1].model_copy(update={"image": ImageRef(**newest_image)})
         return out
 
+    @timed_write("save_result")
     async def save_result(self, result: TurnResult) -> tuple[str, TurnResult] | None:
         """Store a turn's reply once; None when the conversation is gone.
 
@@ -416,6 +421,7 @@ class Store:
         docs = await cursor.to_list()
         return Page(docs[:limit], len(docs) > limit)
 
+    @timed_write("update_conversation")
     async def update_conversation(
         self,
         user_id: str,
@@ -448,6 +454,7 @@ class Store:
             )
         return await self.owned_conversation(user_id, conversation_id)
 
+    @timed_write("delete_conversation")
     async def delete_conversation(self, user_id: str, conversation_id: str) -> int:
         """Delete the conversation, then its messages (images are stored inside them).
 
@@ -462,6 +469,7 @@ class Store:
         result = await self.messages.delete_many({"conversation_id": conversation_id})
         return int(result.deleted_count)
 
+    @timed_write("truncate")
     async def truncate(self, user_id: str, conversation_id: str, keep_count: int) -> int:
         """Keep the newest `keep_count` messages; return how many were deleted.
 
@@ -522,6 +530,7 @@ class Store:
         )
         return await cursor.to_list(MAX_FOLDERS + 1)
 
+    @timed_write("create_folder")
     async def create_folder(self, user_id: str, name: str) -> Doc:
         if await self.folders.count_documents({"user_id": user_id}) >= MAX_FOLDERS:
             raise Conflict(f"folders: at most {MAX_FOLDERS} per user")
@@ -536,6 +545,7 @@ class Store:
         await self.folders.insert_one(doc)
         return await self._owned_folder(user_id, doc["_id"])
 
+    @timed_write("rename_folder")
     async def rename_folder(self, user_id: str, folder_id: str, name: str) -> Doc:
         await self._owned_folder(user_id, folder_id)
         folder = await self.folders.find_one_and_update(
@@ -547,6 +557,7 @@ class Store:
             raise NotFound("folder not found")
         return folder
 
+    @timed_write("delete_folder")
     async def delete_folder(self, user_id: str, folder_id: str) -> int:
         """Delete the folder, then unfile its conversations; returns how many were unfiled."""
         await self._owned_folder(user_id, folder_id)
@@ -563,6 +574,7 @@ class Store:
         doc = await self.settings.find_one({"_id": user_id})
         return doc or {"_id": user_id, "default_provider": None, "updated_at": None}
 
+    @timed_write("put_settings")
     async def put_settings(self, user_id: str, *, default_provider: str | None) -> Doc:
         doc = await self.settings.find_one_and_update(
             {"_id": user_id},

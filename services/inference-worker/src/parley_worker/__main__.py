@@ -9,10 +9,11 @@ import sys
 
 import structlog
 from aiohttp import web
-from parley_common.http import add_probe_routes
+from parley_common.http import add_probe_routes, amqp_connected, request_metrics
 from parley_common.logging import configure_logging
 
 from parley_worker.consumer import Worker
+from parley_worker.metrics import REQUEST_SECONDS, REQUESTS
 from parley_worker.providers.registry import SUPPORTED
 from parley_worker.settings import WorkerSettings
 
@@ -41,16 +42,18 @@ async def serve(settings: WorkerSettings, providers: list[str]) -> None:
     await worker.start()
 
     async def amqp_ready() -> object:
-        if worker.connection is None or worker.connection.is_closed:
-            raise ConnectionError("amqp closed")
-        return True
+        return await amqp_connected(worker.connection)
 
     async def redis_ready() -> object:
         assert worker.redis is not None
         return await worker.redis.ping()
 
-    app = web.Application()
-    add_probe_routes(app, {"rabbitmq": amqp_ready, "redis": redis_ready})
+    # Its own dependencies only: the worker never calls history (results reach it
+    # through RabbitMQ), so history being down does not make a worker unready.
+    app = web.Application(middlewares=[request_metrics(REQUESTS, REQUEST_SECONDS)])
+    add_probe_routes(
+        app, {"rabbitmq": amqp_ready, "redis": redis_ready}, draining=lambda: worker.stopping
+    )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.worker_host, settings.worker_port).start()
@@ -61,7 +64,8 @@ async def serve(settings: WorkerSettings, providers: list[str]) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("worker.stopping")
+    # Probes and metrics stay up while running turns finish (/readyz answers 503).
+    log.info("worker.stopping", running=worker.running)
     await worker.stop()
     await runner.cleanup()
     log.info("worker.stopped")

@@ -3,6 +3,12 @@
 A job is acked only after its `TurnResult` is confirmed by the broker, so a
 worker that dies mid-turn leaves the job to be redelivered. A job that cannot be
 parsed is rejected without requeue and goes to the dead-letter queue.
+
+Stopping (SIGTERM, `Worker.stop`): the consumers are cancelled first, so no new job
+arrives; running turns get SHUTDOWN_GRACE_SECONDS to finish; a turn still running
+after that is cancelled and its job is handed back (nack, requeue) for another
+worker. The peer treats it as any redelivered job: generated again if nothing had
+streamed, else ended as `worker_lost` with the partial reply saved.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from parley_common.amqp import (
     declare_exchanges,
     declare_job_queue,
     job_message,
+    log_context,
     open_channel,
     result_message,
 )
@@ -34,7 +41,7 @@ from parley_common.topology import TURN_CANCELLED, TURN_COMPLETED, TURN_FAILED, 
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from parley_worker.metrics import FALLBACKS, IN_FLIGHT
+from parley_worker.metrics import ERRORS, FALLBACKS, IN_FLIGHT, QUEUE_WAIT_SECONDS, RETURNED
 from parley_worker.providers.base import Provider, Timeouts
 from parley_worker.providers.registry import build_provider
 from parley_worker.settings import WorkerSettings
@@ -74,6 +81,8 @@ class Worker:
         # Cancel signals of the turns this process is running, by job id.
         self._cancels: dict[str, asyncio.Event] = {}
         self._cancel_listener: asyncio.Task[None] | None = None
+        # Set by `stop`: no new jobs; a turn cancelled from now on hands its job back.
+        self.stopping = False
 
     async def start(self) -> None:
         s = self.settings
@@ -116,19 +125,30 @@ class Worker:
             self._consumers.append((queue, tag))
             log.info("worker.consuming", queue=queue.name, concurrency=s.concurrency_for(name))
 
+    @property
+    def running(self) -> int:
+        """Turns this process is running now."""
+        return len(self._tasks)
+
     async def stop(self) -> None:
-        """Stop taking jobs, let running turns finish (bounded), close everything."""
+        """Stop taking jobs, let running turns finish within SHUTDOWN_GRACE_SECONDS, hand
+        the unfinished ones back to the queue, close everything."""
+        self.stopping = True
         for queue, tag in self._consumers:
             with contextlib.suppress(Exception):
                 await queue.cancel(tag)
         self._consumers.clear()
         if self._tasks:
-            log.info("worker.draining", running=len(self._tasks))
-            _, pending = await asyncio.wait(
-                self._tasks, timeout=self.settings.shutdown_grace_seconds
-            )
-            for task in pending:
-                task.cancel()
+            grace = self.settings.shutdown_grace_seconds
+            log.info("worker.draining", running=len(self._tasks), grace_s=grace)
+            _, pending = await asyncio.wait(self._tasks, timeout=grace)
+            if pending:
+                log.warning("worker.grace_over", returning=len(pending))
+                for task in pending:
+                    task.cancel()
+                # Each cancelled turn nacks its job before it ends (bounded: a nack on a
+                # dead channel fails fast, and closing the channel requeues it anyway).
+                await asyncio.wait(pending, timeout=5.0)
         if self._cancel_listener is not None:
             self._cancel_listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -166,7 +186,12 @@ class Worker:
             task = asyncio.create_task(self._handle(provider_name, message))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-            await asyncio.shield(task)
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if not task.cancelled():
+                    raise  # this callback was cancelled (its channel closed), not the turn
+                # The turn was cancelled by `stop` and has handed its job back.
 
         return handler
 
@@ -180,21 +205,28 @@ class Worker:
 
     async def _handle(self, provider_name: str, message: AbstractIncomingMessage) -> None:
         structlog.contextvars.clear_contextvars()
-        headers = message.headers or {}
-        structlog.contextvars.bind_contextvars(
-            request_id=str(headers.get("request_id", "")),
-            job_id=message.message_id,
-            provider=provider_name,
-        )
+        # Every line about this job carries request, user, conversation, job and
+        # provider, taken from the message's metadata (so even an invalid body's line).
+        structlog.contextvars.bind_contextvars(**(log_context(message) | {"provider": provider_name}))
         try:
             job = ChatJob.model_validate_json(message.body)
         except ValidationError as exc:
             log.error("job.invalid", errors=exc.error_count())
             await self._settle(message.reject(requeue=False))
             return
+        structlog.contextvars.bind_contextvars(
+            request_id=job.request_id,
+            user_id=job.user_id,
+            conversation_id=job.conversation_id,
+            job_id=job.job_id,
+        )
         assert self._runner is not None
         provider = self._providers[provider_name]
+        started = time.monotonic()
         log.info("job.started", redelivered=message.redelivered, messages=len(job.messages))
+        if not message.redelivered and not job.fallback_from:
+            waited = time.time() - job.created_at.timestamp()
+            QUEUE_WAIT_SECONDS.labels(provider=provider_name).observe(max(0.0, waited))
         IN_FLIGHT.labels(provider=provider_name).inc()
         cancel = self._cancels.setdefault(job.job_id, asyncio.Event())
         try:
@@ -204,6 +236,13 @@ class Worker:
                 await self._settle(message.ack())
                 return
             await self._publish_result(result)
+        except asyncio.CancelledError:
+            if self.stopping:
+                # The grace is over: another worker takes the job (see the module doc).
+                RETURNED.labels(provider=provider_name).inc()
+                log.warning("job.returned", reason="worker stopping")
+                await self._settle(message.nack(requeue=True))
+            raise
         except Exception:
             # The result could not be confirmed: leave the job to be redelivered.
             log.exception("job.result_unpublished")
@@ -213,6 +252,8 @@ class Worker:
             IN_FLIGHT.labels(provider=provider_name).dec()
             self._cancels.pop(job.job_id, None)
         await self._settle(message.ack())
+        if result.status is TurnStatus.error:
+            ERRORS.labels(provider=result.provider, code=result.error_code or "error").inc()
         log.info(
             "job.finished",
             status=result.status.value,
@@ -220,6 +261,7 @@ class Worker:
             reply_chars=len(result.reply),
             model=result.model,
             error_code=result.error_code,
+            duration_ms=round((time.monotonic() - started) * 1000, 1),
         )
 
     async def _turn(

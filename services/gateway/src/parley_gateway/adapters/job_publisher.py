@@ -7,6 +7,7 @@ takes (no worker queue for that provider) raises instead of vanishing.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import aiormq
 import structlog
@@ -23,6 +24,7 @@ from parley_common.schemas import ChatJob
 from parley_common.topology import Topology
 
 from parley_gateway.errors import Unavailable
+from parley_gateway.metrics import PUBLISH_FAILURES, PUBLISH_SECONDS
 
 log = structlog.get_logger("parley_gateway.publisher")
 
@@ -46,6 +48,7 @@ class JobPublisher:
     async def publish(self, job: ChatJob) -> None:
         assert self._exchanges is not None
         message = job_message(job)
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(PUBLISH_TIMEOUT):
                 confirm = await self._exchanges.jobs.publish(
@@ -53,6 +56,7 @@ class JobPublisher:
                 )
         except (DeliveryError, PublishError) as exc:
             log.error("job.unroutable", error_type=type(exc).__name__)
+            PUBLISH_FAILURES.labels("job_unroutable").inc()
             raise Unavailable(
                 f"no queue accepted the job for provider {job.provider}", code="job_unroutable"
             ) from exc
@@ -66,7 +70,10 @@ class JobPublisher:
             TimeoutError,
         ) as exc:
             log.error("job.publish_failed", error_type=type(exc).__name__)
+            PUBLISH_FAILURES.labels("broker_down").inc()
             raise Unavailable("the job queue is unavailable", code="broker_down") from exc
         if not isinstance(confirm, aiormq.spec.Basic.Ack):
             log.error("job.nacked", confirm=type(confirm).__name__)
+            PUBLISH_FAILURES.labels("broker_refused").inc()
             raise Unavailable("the job queue refused the job", code="broker_refused")
+        PUBLISH_SECONDS.observe(time.perf_counter() - started)

@@ -103,6 +103,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         if idem_key is not None:
             await svc.idempotency.release(user_id, idem_key, job_id)
         raise
+    structlog.contextvars.bind_contextvars(conversation_id=turn.conversation_id)
     job = ChatJob(
         job_id=job_id,
         request_id=request_id,
@@ -132,7 +133,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
             await _abandon(svc, user_id, request_id, job, exc)
             raise
         JOBS_PUBLISHED.labels(provider).inc()
-        log.info("chat.accepted", conversation_id=turn.conversation_id, stream=streaming)
+        log.info("chat.accepted", stream=streaming)
         if streaming:
             return await relay(
                 request,
@@ -143,7 +144,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
                 after_seq=-1,
                 first=decode_envelope(meta_raw),
             )
-        return await collect(svc, sub, after_seq=0)
+        return await collect(svc, sub, after_seq=0, conversation_id=turn.conversation_id)
 
 
 async def _abandon(
@@ -191,8 +192,12 @@ async def attach(
         meta = await svc.registry.get(job_id)
         if meta is not None and meta.user_id != user_id:
             raise Forbidden("job belongs to another user")
+        if meta is not None:
+            structlog.contextvars.bind_contextvars(conversation_id=meta.conversation_id)
         if not streaming:
-            return await collect(svc, sub, after_seq=-1)
+            return await collect(
+                svc, sub, after_seq=-1, conversation_id=meta.conversation_id if meta else ""
+            )
         return await relay(
             request,
             svc,

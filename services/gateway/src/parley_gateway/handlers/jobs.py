@@ -34,7 +34,12 @@ async def _owned_job(svc: Services, request: web.Request) -> tuple[str, JobMeta]
         raise NotFound("job not found")
     if meta.user_id != user_id:
         raise Forbidden("job belongs to another user")
-    structlog.contextvars.bind_contextvars(job_id=job_id, user_id=user_id)
+    structlog.contextvars.bind_contextvars(
+        job_id=job_id,
+        user_id=user_id,
+        conversation_id=meta.conversation_id,
+        provider=meta.provider,
+    )
     return job_id, meta
 
 

@@ -12,8 +12,9 @@ from parley_common.schemas import ErrorEvent, EventEnvelope
 
 from parley_gateway.adapters.event_stream import StreamLost, Subscription
 from parley_gateway.context import Services
+from parley_gateway.drain import moved_request, resume_event
 from parley_gateway.errors import BadGateway, GatewayTimeout
-from parley_gateway.metrics import FIRST_EVENT_SECONDS, STREAMS
+from parley_gateway.metrics import FIRST_EVENT_SECONDS, STREAM_SECONDS, STREAMS
 from parley_gateway.middlewares import REQUEST_ID
 
 log = structlog.get_logger("parley_gateway.streaming")
@@ -24,9 +25,12 @@ def terminal_timeout(svc: Services) -> float:
     return float(svc.settings.job_deadline_seconds) + 60.0
 
 
-async def collect(svc: Services, sub: Subscription, after_seq: int) -> web.Response:
+async def collect(
+    svc: Services, sub: Subscription, after_seq: int, conversation_id: str = ""
+) -> web.Response:
+    deadline = asyncio.timeout(terminal_timeout(svc))
     try:
-        async with asyncio.timeout(terminal_timeout(svc)):
+        async with deadline, svc.drain.track(deadline):
             async for env in sub.events(after_seq=after_seq):
                 if env.type == "done":
                     data = env.payload()
@@ -41,6 +45,8 @@ async def collect(svc: Services, sub: Subscription, after_seq: int) -> web.Respo
                     data = env.payload()
                     raise BadGateway(data["error"], code=data.get("code") or "provider_error")
     except TimeoutError as exc:
+        if svc.drain.moved(deadline):
+            raise moved_request(sub.job_id, conversation_id) from exc
         raise GatewayTimeout(f"no reply within {terminal_timeout(svc):.0f}s") from exc
     except StreamLost as exc:
         raise GatewayTimeout(f"lost the reply stream: {exc}") from exc
@@ -72,21 +78,25 @@ async def relay(
     await resp.prepare(request)
     STREAMS.inc()
     started = time.perf_counter()
-    waiting_first_token = True
+    # Time to first token and stream duration are a new turn's (not a resumed stream's).
+    waiting_first_token = first is not None
     finished = False
+    outcome = "client_gone"
     try:
         if first is not None:
             await send_envelope(resp, first)
             after_seq = max(after_seq, first.seq)
         deadline = asyncio.timeout(terminal_timeout(svc))
         try:
-            async with deadline:
+            async with deadline, svc.drain.track(deadline):
                 async for env in sub.events(after_seq=after_seq):
                     if waiting_first_token and env.type in ("assistant", "reasoning"):
                         FIRST_EVENT_SECONDS.labels(provider).observe(time.perf_counter() - started)
                         waiting_first_token = False
                     await send_envelope(resp, env)
                     finished = env.terminal
+                if finished:
+                    outcome = env.type
         except (TimeoutError, StreamLost) as exc:
             if isinstance(exc, TimeoutError) and not deadline.expired():
                 raise  # a stalled write, not the job's deadline
@@ -101,12 +111,17 @@ async def relay(
                 provider=provider,
                 code="stream_lost" if lost else "timeout",
             )
+            if not lost and svc.drain.moved(deadline):  # this gateway is shutting down
+                err = resume_event(sub.job_id, conversation_id, provider)
+            outcome = err.code or "error"
             await resp.send(err.model_dump_json(), event="error")
             finished = True
     except (ConnectionError, TimeoutError):
         log.info("stream.client_gone", job_id=sub.job_id, reason="write failed or stalled")
     finally:
         STREAMS.dec()
+        if first is not None:
+            STREAM_SECONDS.labels(provider, outcome).observe(time.perf_counter() - started)
         resp.stop_streaming()
         if not finished and svc.settings.cancel_on_disconnect:
             log.info("stream.cancel_on_disconnect", job_id=sub.job_id)
