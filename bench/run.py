@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -44,6 +45,7 @@ from bench.load import (
     pct,
     session,
 )
+from bench.profile import Profiler
 from bench.stack import ROOT, BenchStack, cpu_delta, rss_bytes, token
 from tests.support.infra import Infra, provide_infra
 
@@ -87,7 +89,13 @@ def per_turn(cpu: dict[str, float], turns: int) -> dict[str, float]:
 
 
 async def turns_scenario(
-    stack: BenchStack, label: str, concurrency: int, turns: int, tokens: int, delay_ms: int
+    stack: BenchStack,
+    label: str,
+    concurrency: int,
+    turns: int,
+    tokens: int,
+    delay_ms: int,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     text = directives(tokens, delay_ms)
     auths = [f"Bearer {token(f'bench-{label}-{i}')}" for i in range(concurrency)]
@@ -101,13 +109,18 @@ async def turns_scenario(
         base = await closed_loop(
             concurrency, turns, lambda i: direct_turn(http, stack.sim_url, text, tokens)
         )
-        before = stack.cpu()
-        run = await closed_loop(
-            concurrency,
-            turns,
-            lambda i: parley_turn(http, stack.url, auths[i % len(auths)], text, tokens),
-        )
-        cpu = cpu_delta(before, stack.cpu())
+        profiler: contextlib.AbstractAsyncContextManager[object] = contextlib.nullcontext()
+        if profile is not None:
+            pids = {n: p.pid for n, p in stack.procs.items() if n != "sim"}
+            profiler = Profiler(profile / label, pids)
+        async with profiler:
+            before = stack.cpu()
+            run = await closed_loop(
+                concurrency,
+                turns,
+                lambda i: parley_turn(http, stack.url, auths[i % len(auths)], text, tokens),
+            )
+            cpu = cpu_delta(before, stack.cpu())
     parley, direct = run.summary(), base.summary()
     return {
         "concurrency": concurrency,
@@ -348,6 +361,7 @@ async def main_async(args: argparse.Namespace) -> int:
     )
     sizes = SMOKE if args.smoke else Sizes(hold=(args.hold_streams, 15.0, 2))
     results: dict[str, Any] = {"machine": machine(), "label": args.label}
+    profile = Path(args.profile) if args.profile else None
     with provide_infra() as infra, tempfile.TemporaryDirectory(prefix="parley-bench-") as tmp:
         logdir = Path(tmp)
         if scenarios & {"ttft_1", "c32", "c256"}:
@@ -355,16 +369,20 @@ async def main_async(args: argparse.Namespace) -> int:
             try:
                 if "ttft_1" in scenarios:
                     results["ttft_1"] = await turns_scenario(
-                        stack, "t1", 1, sizes.ttft_1, args.tokens, args.delay_ms
+                        stack, "t1", 1, sizes.ttft_1, args.tokens, args.delay_ms, profile
                     )
                     print("ttft_1", json.dumps(results["ttft_1"]), file=sys.stderr)
                 if "c32" in scenarios:
                     c, n = sizes.c32
-                    results["c32"] = await turns_scenario(stack, "c32", c, n, args.tokens, 10)
+                    results["c32"] = await turns_scenario(
+                        stack, "c32", c, n, args.tokens, 10, profile
+                    )
                     print("c32", json.dumps(results["c32"]), file=sys.stderr)
                 if "c256" in scenarios:
                     c, n = sizes.c256
-                    results["c256"] = await turns_scenario(stack, "c256", c, n, args.tokens, 10)
+                    results["c256"] = await turns_scenario(
+                        stack, "c256", c, n, args.tokens, 10, profile
+                    )
                     print("c256", json.dumps(results["c256"]), file=sys.stderr)
             finally:
                 await stack.stop()
@@ -408,6 +426,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hold-streams", type=int, default=10_000)
     p.add_argument("--batch", type=int, default=8, help="events per publish (relay)")
     p.add_argument("--label", default="run")
+    p.add_argument(
+        "--profile", default="", help="record py-spy profiles of the turn scenarios here"
+    )
     p.add_argument("--out", default="", help="results directory (default bench/results)")
     return p.parse_args(argv)
 

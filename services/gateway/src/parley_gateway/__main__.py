@@ -7,6 +7,7 @@ import sys
 import structlog
 from aiohttp import web
 from parley_common.logging import configure_logging
+from parley_common.runtime import new_event_loop
 
 from parley_gateway.app import create_app
 from parley_gateway.auth import AuthConfigError
@@ -29,6 +30,7 @@ def main() -> None:
         port=settings.gateway_port,
         print=None,
         access_log=None,
+        loop=new_event_loop(),
         # on_shutdown has already let streams run for the grace and ended the rest;
         # this only bounds what is left (their last write, short API calls).
         shutdown_timeout=5,

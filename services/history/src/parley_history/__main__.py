@@ -7,6 +7,7 @@ import sys
 import structlog
 from aiohttp import web
 from parley_common.logging import configure_logging
+from parley_common.runtime import new_event_loop
 
 from parley_history.app import MissingServiceToken, create_app
 from parley_history.settings import HistorySettings
@@ -28,6 +29,7 @@ def main() -> None:
         port=settings.history_port,
         print=None,
         access_log=None,
+        loop=new_event_loop(),
         # In-flight API calls are short; the turn consumer drains in its own cleanup
         # (SHUTDOWN_GRACE_SECONDS).
         shutdown_timeout=5,

@@ -11,6 +11,7 @@ import structlog
 from aiohttp import web
 from parley_common.http import add_probe_routes, amqp_connected, request_metrics
 from parley_common.logging import configure_logging
+from parley_common.runtime import loop_factory
 
 from parley_worker.consumer import Worker
 from parley_worker.metrics import REQUEST_SECONDS, REQUESTS
@@ -86,7 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     except SystemExit as exc:
         log.error("worker.config_error", error=str(exc))
         sys.exit(2)
-    asyncio.run(serve(settings, providers))
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runner.run(serve(settings, providers))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from parley_worker.providers.base import (
     parse_arguments,
 )
 from parley_worker.providers.openai_errors import map_openai_error, openai_timeout
+from parley_worker.providers.openai_sse import iter_sse_json
 
 
 def chat_messages(request: ProviderRequest) -> list[dict[str, Any]]:
@@ -125,38 +126,40 @@ class OpenAIChatProvider:
         if request.tools:
             extra = {"tools": chat_tools(request.tools), "tool_choice": request.tool_choice}
         try:
-            stream = await self._client.chat.completions.create(  # type: ignore[call-overload]  # messages are plain dicts, not the SDK's TypedDicts
+            async with self._client.chat.completions.with_streaming_response.create(  # type: ignore[call-overload]  # messages are plain dicts, not the SDK's TypedDicts
                 model=self.model,
                 messages=chat_messages(request),
                 stream=True,
                 stream_options={"include_usage": True},
                 **extra,
-            )
-            async with stream:
-                async for chunk in stream:
-                    model = chunk.model or model
-                    if chunk.usage is not None:
+            ) as response:
+                async for chunk in iter_sse_json(response):
+                    model = chunk.get("model") or model
+                    used = chunk.get("usage")
+                    if used:
                         usage = Usage(
-                            input_tokens=chunk.usage.prompt_tokens,
-                            output_tokens=chunk.usage.completion_tokens,
+                            input_tokens=used.get("prompt_tokens"),
+                            output_tokens=used.get("completion_tokens"),
                         )
-                    for choice in chunk.choices:
-                        finished = finished or choice.finish_reason is not None
-                        delta = choice.delta
-                        extra = delta.model_extra or {}
-                        reasoning = extra.get("reasoning") or extra.get("reasoning_content")
+                    for choice in chunk.get("choices") or ():
+                        finished = finished or choice.get("finish_reason") is not None
+                        delta = choice.get("delta") or {}
+                        reasoning = delta.get("reasoning") or delta.get("reasoning_content")
                         if isinstance(reasoning, str) and reasoning:
                             yield ReasoningDelta(reasoning)
-                        if delta.content:
-                            yield TextDelta(delta.content)
-                        for fragment in delta.tool_calls or []:
-                            pending = calls.setdefault(fragment.index, _PendingCall())
-                            pending.id = fragment.id or pending.id
-                            fn = fragment.function
-                            if fn is not None:
-                                pending.name = fn.name or pending.name
-                                if fn.arguments:
-                                    pending.arguments.append(fn.arguments)
+                        content = delta.get("content")
+                        if content:
+                            yield TextDelta(content)
+                        for fragment in delta.get("tool_calls") or ():
+                            pending = calls.setdefault(
+                                int(fragment.get("index", 0)), _PendingCall()
+                            )
+                            pending.id = fragment.get("id") or pending.id
+                            fn = fragment.get("function")
+                            if fn:
+                                pending.name = fn.get("name") or pending.name
+                                if fn.get("arguments"):
+                                    pending.arguments.append(fn["arguments"])
         except ProviderError:
             raise
         except (openai.OpenAIError, httpx2.HTTPError) as exc:

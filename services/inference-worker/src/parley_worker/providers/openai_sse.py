@@ -1,0 +1,56 @@
+"""The data of an OpenAI-style SSE stream, decoded once with orjson.
+
+The request still goes through the `openai` SDK (`with_streaming_response`: its
+auth, endpoint, timeouts and status errors); only the per-chunk decoding is ours.
+The SDK builds a typed object tree for every chunk, which was most of a worker's
+CPU per token (docs/benchmarks.md); a relay needs a handful of fields of a dict.
+Semantics follow the SDK's `AsyncStream`: `[DONE]` ends the data (the rest of the
+body is still read, so the HTTP/1.1 connection can be reused), and a chunk that
+carries an `error` object raises `openai.APIError`, as the SDK does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import openai
+import orjson
+from openai._response import AsyncAPIResponse
+
+
+async def iter_sse_json(response: AsyncAPIResponse[Any]) -> AsyncIterator[dict[str, Any]]:
+    pending = b""
+    data: list[bytes] = []
+    finished = False
+    async for chunk in response.iter_bytes():
+        if finished:
+            continue  # drain after [DONE]
+        *lines, pending = (pending + chunk).split(b"\n")
+        for raw in lines:
+            line = raw[:-1] if raw.endswith(b"\r") else raw
+            if line.startswith(b"data:"):
+                value = line[5:]
+                data.append(value[1:] if value.startswith(b" ") else value)
+                continue
+            if line or not data:
+                continue  # `event:`, `id:`, a comment, or a blank line between events
+            payload = b"\n".join(data)
+            data = []
+            if payload.startswith(b"[DONE]"):
+                finished = True
+                break
+            obj = orjson.loads(payload)
+            if not isinstance(obj, dict):
+                continue
+            error = obj.get("error")
+            if error:
+                message = error.get("message") if isinstance(error, dict) else None
+                raise openai.APIError(
+                    message=message
+                    if isinstance(message, str) and message
+                    else "An error occurred during streaming",
+                    request=response.http_request,
+                    body=error,
+                )
+            yield obj
