@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import signal
@@ -12,6 +13,7 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -57,6 +59,8 @@ class ProcessStack:
     # Per-process environment additions (e.g. a second gateway's port).
     spawn_env: dict[str, dict[str, str]] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
+    # Processes a test stopped on purpose (`sigterm`): their exit is not a failure.
+    stopped: set[str] = field(default_factory=set)
     # What a test adds to every process's environment (`{sim}` in a value stands for
     # the simulator's URL), and the providers the worker serves.
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -121,6 +125,28 @@ class ProcessStack:
             stderr=log,
         )
 
+    async def add(self, name: str, module: str, *args: str, port_var: str) -> str:
+        """Start one more service process (a second gateway, another worker) on a port of
+        its own, wait for its readiness probe; its base URL."""
+        port = free_port()
+        self.ports[name] = port
+        self._spawn(name, module, *args, env={port_var: str(port)})
+        url = f"http://127.0.0.1:{port}"
+        await self.wait_http(f"{url}/readyz")
+        return url
+
+    def sigterm(self, name: str) -> None:
+        self.stopped.add(name)
+        self.procs[name].send_signal(signal.SIGTERM)
+
+    async def exit_code(self, name: str, within: float) -> int:
+        """The process's exit code; raises subprocess.TimeoutExpired if it runs on."""
+        return await asyncio.to_thread(self.procs[name].wait, within)
+
+    def records(self, name: str) -> list[dict[str, Any]]:
+        """The JSON log lines of one process, parsed."""
+        return [json.loads(line) for line in self.log_lines(name) if line.startswith("{")]
+
     async def kill(self, name: str) -> int:
         """SIGKILL one service (no shutdown code runs, as in a crash); its exit code."""
         proc = self.procs[name]
@@ -135,6 +161,7 @@ class ProcessStack:
         if proc is not None and proc.poll() is None:
             raise RuntimeError(f"{name} is still running")
         module, *args = self.spawned[name]
+        self.stopped.discard(name)
         self._spawn(name, module, *args, append=True)
         if name == "sim":
             return
@@ -145,7 +172,7 @@ class ProcessStack:
             async with asyncio.timeout(seconds):
                 while True:
                     for name, proc in self.procs.items():
-                        if proc.poll() is not None:
+                        if proc.poll() is not None and name not in self.stopped:
                             log = (self.logdir / f"{name}.log").read_text()[-2000:]
                             raise RuntimeError(f"{name} exited {proc.returncode}: {log}")
                     try:
