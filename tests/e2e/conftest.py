@@ -62,7 +62,7 @@ class ProcessStack:
     # Processes a test stopped on purpose (`sigterm`): their exit is not a failure.
     stopped: set[str] = field(default_factory=set)
     # What a test adds to every process's environment (`{sim}` in a value stands for
-    # the simulator's URL), and the providers the worker serves.
+    # the simulator's URL), and the providers the worker serves (none: no worker).
     extra_env: dict[str, str] = field(default_factory=dict)
     worker_providers: tuple[str, ...] = ("groq",)
 
@@ -97,9 +97,10 @@ class ProcessStack:
         self._spawn("sim", "parley_sim", "--port", str(ports["sim"]))
         self._spawn("history", "parley_history")
         await self.wait_http(f"http://127.0.0.1:{ports['history']}/readyz")
-        providers = [arg for p in self.worker_providers for arg in ("--provider", p)]
-        self._spawn("worker", "parley_worker", *providers)
-        await self.wait_http(f"http://127.0.0.1:{ports['worker']}/readyz")
+        if self.worker_providers:
+            providers = [arg for p in self.worker_providers for arg in ("--provider", p)]
+            self._spawn("worker", "parley_worker", *providers)
+            await self.wait_http(f"http://127.0.0.1:{ports['worker']}/readyz")
         self._spawn("gateway", "parley_gateway")
         await self.wait_http(f"{self.url}/readyz")
 
@@ -125,14 +126,17 @@ class ProcessStack:
             stderr=log,
         )
 
-    async def add(self, name: str, module: str, *args: str, port_var: str) -> str:
+    async def add(
+        self, name: str, module: str, *args: str, port_var: str, wait: bool = True
+    ) -> str:
         """Start one more service process (a second gateway, another worker) on a port of
-        its own, wait for its readiness probe; its base URL."""
+        its own and (unless `wait` is false) wait for its readiness probe; its base URL."""
         port = free_port()
         self.ports[name] = port
         self._spawn(name, module, *args, env={port_var: str(port)})
         url = f"http://127.0.0.1:{port}"
-        await self.wait_http(f"{url}/readyz")
+        if wait:
+            await self.wait_http(f"{url}/readyz")
         return url
 
     def sigterm(self, name: str) -> None:
