@@ -12,7 +12,7 @@ from typing import Any
 import aio_pika
 import pytest
 import redis.asyncio as aioredis
-from parley_common.schemas import TurnStatus, decode_envelope
+from parley_common.schemas import TurnStatus, decode_batch
 from parley_common.topology import TURN_COMPLETED, Topology
 from parley_history.store import Store
 
@@ -195,9 +195,9 @@ async def test_a_turn_event_consumed_twice_stores_one_message(stack: Stack):
                 msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
                 if msg is None:
                     continue
-                env = decode_envelope(msg["data"])
-                if env.terminal:
-                    terminal.append({"type": env.type, **env.payload()})
+                for env in decode_batch(msg["data"]):
+                    if env.terminal:
+                        terminal.append({"type": env.type, **env.payload()})
     finally:
         await connection.close()
         await pubsub.aclose()

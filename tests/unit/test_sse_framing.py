@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from aiohttp_sse import EventSourceResponse
 from parley_common.schemas.events import decode_envelope, encode_delta
-from parley_gateway.handlers.streaming import send_envelope
+from parley_gateway.handlers.streaming import SseResponse, send_envelope
 
 from tests.support.sse import parse_sse
 
@@ -22,12 +21,17 @@ HOSTILE = [
 ]
 
 
-async def test_hostile_deltas_arrive_as_one_assistant_event_each():
+@pytest.mark.parametrize("together", [False, True], ids=["one_by_one", "one_batch"])
+async def test_hostile_deltas_arrive_as_one_assistant_event_each(together: bool):
     async def handler(request: web.Request) -> web.StreamResponse:
-        resp = EventSourceResponse(sep="\n")
+        resp = SseResponse(sep="\n")
         await resp.prepare(request)
-        for i, text in enumerate(HOSTILE, start=1):
-            await send_envelope(resp, decode_envelope(encode_delta(i, "assistant", text)))
+        envs = [decode_envelope(encode_delta(i, "assistant", t)) for i, t in enumerate(HOSTILE, 1)]
+        if together:
+            await resp.send_events(envs)
+        else:
+            for env in envs:
+                await send_envelope(resp, env)
         return resp
 
     app = web.Application()

@@ -1,7 +1,10 @@
 """A job's event stream in Redis: PUBLISH for live readers, a list as replay log.
 
-Every event goes to both in one round trip. The replay log's index is not the
-sequence number (a redelivered job may publish again); readers filter by `seq`.
+Every batch of events goes to both in one round trip (one script call): the
+envelopes are appended to the log, and published as ONE channel message, the
+envelopes newline-separated (`decode_batch`), so a reader pays per batch, not per
+token. The replay log's index is not the sequence number (a redelivered job may
+publish again); readers filter by `seq`.
 """
 
 from __future__ import annotations
@@ -16,33 +19,32 @@ from parley_common.topology import Topology
 # A job's log holds at most this many events; older ones are trimmed.
 MAX_LOG_EVENTS = 50_000
 
+# KEYS[1] the job's log; ARGV: channel, max log length, ttl seconds, envelope...
+_APPEND_AND_PUBLISH = """
+local n = redis.call('RPUSH', KEYS[1], unpack(ARGV, 4))
+if n > tonumber(ARGV[2]) then redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1) end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return redis.call('PUBLISH', ARGV[1], table.concat(ARGV, '\\n', 4))
+"""
+
 
 class JobEvents:
     def __init__(self, redis: aioredis.Redis, topo: Topology, ttl_seconds: int) -> None:
         self._redis = redis
         self._topo = topo
         self._ttl = ttl_seconds
+        self._append = redis.register_script(_APPEND_AND_PUBLISH)
 
     async def publish(self, job_id: str, raw: bytes) -> None:
-        log = self._topo.job_log(job_id)
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.rpush(log, raw)
-        pipe.expire(log, self._ttl)
-        pipe.publish(self._topo.job_channel(job_id), raw)
-        await pipe.execute()
+        await self.publish_many(job_id, [raw])
 
     async def publish_many(self, job_id: str, raws: list[bytes]) -> None:
         if not raws:
             return
-        log = self._topo.job_log(job_id)
-        channel = self._topo.job_channel(job_id)
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.rpush(log, *raws)
-        pipe.ltrim(log, -MAX_LOG_EVENTS, -1)
-        pipe.expire(log, self._ttl)
-        for raw in raws:
-            pipe.publish(channel, raw)
-        await pipe.execute()
+        await self._append(
+            keys=[self._topo.job_log(job_id)],
+            args=[self._topo.job_channel(job_id), MAX_LOG_EVENTS, self._ttl, *raws],
+        )
 
     async def replay(self, job_id: str, after_seq: int = -1) -> list[EventEnvelope]:
         raws = await self._redis.lrange(self._topo.job_log(job_id), 0, -1)

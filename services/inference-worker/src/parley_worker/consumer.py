@@ -36,7 +36,7 @@ from parley_common.amqp import (
 from parley_common.events import JobEvents
 from parley_common.jobs import JobRegistry
 from parley_common.providers import IMPLEMENTED
-from parley_common.schemas import ChatJob, TurnResult, TurnStatus, decode_envelope
+from parley_common.schemas import ChatJob, TurnResult, TurnStatus, decode_batch
 from parley_common.topology import TURN_CANCELLED, TURN_COMPLETED, TURN_FAILED, Topology
 from pydantic import ValidationError
 from redis.exceptions import RedisError
@@ -331,7 +331,7 @@ class Worker:
             deadline = time.monotonic() + grace
             while (left := deadline - time.monotonic()) > 0:
                 msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
-                if msg is not None and decode_envelope(msg["data"]).terminal:
+                if msg is not None and any(e.terminal for e in decode_batch(msg["data"])):
                     return True
             return False
         except RedisError:

@@ -18,6 +18,7 @@ from parley_common.schemas.events import (
     Source,
     StatusEvent,
     Usage,
+    decode_batch,
     decode_envelope,
     encode_envelope,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "TurnResult",
     "TurnStatus",
     "Usage",
+    "decode_batch",
     "decode_envelope",
     "encode_envelope",
 ]

@@ -126,5 +126,13 @@ def decode_envelope(raw: bytes | str) -> EventEnvelope:
     )
 
 
+def decode_batch(raw: bytes | str) -> list[EventEnvelope]:
+    """A channel message: one or more envelopes, newline-separated (orjson never writes
+    a raw newline inside one)."""
+    if isinstance(raw, str):
+        raw = raw.encode()
+    return [decode_envelope(line) for line in raw.split(b"\n") if line]
+
+
 def parse_public(data: str | bytes) -> PublicEvent:
     return _PUBLIC.validate_json(data)

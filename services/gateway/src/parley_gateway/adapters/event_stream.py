@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
 import structlog
 from parley_common.events import JobEvents
-from parley_common.schemas import EventEnvelope, decode_envelope
+from parley_common.schemas import EventEnvelope, decode_batch
 from parley_common.topology import Topology
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -43,72 +43,101 @@ class StreamLost(Exception):
 
 
 class Subscription:
+    """One stream's view of a job's channel: the channel messages (each a batch of
+    envelopes) that arrived and are not read yet, in a bounded buffer."""
+
     def __init__(self, hub: EventHub, job_id: str, channel: str, maxsize: int) -> None:
         self.hub = hub
         self.job_id = job_id
         self.channel = channel
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=maxsize)
-        self.stale = asyncio.Event()
+        self._maxsize = maxsize
+        self._pending: deque[bytes] = deque()
+        self._stale = False
+        self._waiter: asyncio.Future[None] | None = None
         self.confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def offer(self, raw: bytes) -> None:
-        try:
-            self.queue.put_nowait(raw)
-        except asyncio.QueueFull:
+        if len(self._pending) >= self._maxsize:
             self.mark_stale()
+            return
+        self._pending.append(raw)
+        self._wake()
 
     def mark_stale(self) -> None:
-        self.stale.set()
+        self._stale = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def events(self, after_seq: int = -1) -> AsyncIterator[EventEnvelope]:
         """Events with seq > after_seq, in order, ending after `done` or `error`."""
+        async for batch in self.batches(after_seq):
+            for env in batch:
+                yield env
+
+    async def batches(self, after_seq: int = -1) -> AsyncIterator[list[EventEnvelope]]:
+        """The same events, in the batches they arrived in (so a reader can write each
+        batch at once); the last batch ends with `done` or `error`."""
         last = after_seq
         # Whatever was published before this subscription existed.
-        for env in await self.hub.replay(self.job_id, last):
-            last = env.seq
-            yield env
-            if env.terminal:
-                return
+        out, last, ended = _take(await self.hub.replay(self.job_id, last), last)
+        if out:
+            yield out
+        if ended:
+            return
         while True:
-            if self.stale.is_set():
-                self.stale.clear()
-                self._drain()
+            if self._stale:
+                self._stale = False
+                self._pending.clear()
                 STREAM_RESYNCS.inc()
-                for env in await self.hub.replay(self.job_id, last):
-                    last = env.seq
-                    yield env
-                    if env.terminal:
-                        return
+                out, last, ended = _take(await self.hub.replay(self.job_id, last), last)
+                if out:
+                    yield out
+                if ended:
+                    return
                 continue
-            if self.queue.empty():
-                # Nothing buffered: wait for an event or for the stream to go stale.
-                getter = asyncio.ensure_future(self.queue.get())
-                stale = asyncio.ensure_future(self.stale.wait())
+            if not self._pending:
+                # Nothing buffered: wait for a message or for the stream to go stale.
+                self._waiter = asyncio.get_running_loop().create_future()
                 try:
-                    await asyncio.wait({getter, stale}, return_when=asyncio.FIRST_COMPLETED)
+                    await self._waiter
                 finally:
-                    stale.cancel()
-                    if not getter.done():
-                        getter.cancel()
-                if not getter.done() or getter.cancelled():
-                    continue
-                raw = getter.result()
-            else:
-                raw = self.queue.get_nowait()  # a busy stream takes no waiter tasks
-            env = decode_envelope(raw)
-            if env.seq <= last:
-                continue  # already delivered (replayed, or published twice)
-            if env.seq > last + 1:
-                self.mark_stale()  # a gap: fill it from the log
+                    self._waiter = None
                 continue
-            last = env.seq
-            yield env
-            if env.terminal:
+            out = []
+            ended = False
+            while self._pending and not self._stale and not ended:
+                for env in decode_batch(self._pending.popleft()):
+                    if env.seq <= last:
+                        continue  # already delivered (replayed, or published twice)
+                    if env.seq > last + 1:
+                        self.mark_stale()  # a gap: fill it from the log
+                        break
+                    last = env.seq
+                    out.append(env)
+                    if env.terminal:
+                        ended = True
+                        break
+            if out:
+                yield out
+            if ended:
                 return
 
-    def _drain(self) -> None:
-        while not self.queue.empty():
-            self.queue.get_nowait()
+
+def _take(envs: list[EventEnvelope], last: int) -> tuple[list[EventEnvelope], int, bool]:
+    """Replayed events after `last`, up to and including a terminal one."""
+    out: list[EventEnvelope] = []
+    for env in envs:
+        if env.seq <= last:
+            continue
+        last = env.seq
+        out.append(env)
+        if env.terminal:
+            return out, last, True
+    return out, last, False
 
 
 class EventHub:

@@ -19,6 +19,8 @@ from parley_gateway.middlewares import REQUEST_ID
 
 log = structlog.get_logger("parley_gateway.streaming")
 
+TOKEN_TYPES = frozenset({"assistant", "reasoning"})
+
 
 def terminal_timeout(svc: Services) -> float:
     """The longest a client waits for `done`/`error`: queue deadline plus generation."""
@@ -68,7 +70,7 @@ async def relay(
     A client that goes away loses nothing: the job goes on and its reply is saved
     (unless CANCEL_ON_DISCONNECT is set, which cancels it).
     """
-    resp = EventSourceResponse(
+    resp = SseResponse(
         sep="\n",
         allow_all_methods=True,
         ping_interval=svc.settings.sse_ping_seconds,
@@ -89,14 +91,14 @@ async def relay(
         deadline = asyncio.timeout(terminal_timeout(svc))
         try:
             async with deadline, svc.drain.track(deadline):
-                async for env in sub.events(after_seq=after_seq):
-                    if waiting_first_token and env.type in ("assistant", "reasoning"):
+                async for batch in sub.batches(after_seq=after_seq):
+                    if waiting_first_token and any(e.type in TOKEN_TYPES for e in batch):
                         FIRST_EVENT_SECONDS.labels(provider).observe(time.perf_counter() - started)
                         waiting_first_token = False
-                    await send_envelope(resp, env)
-                    finished = env.terminal
-                if finished:
-                    outcome = env.type
+                    await resp.send_events(batch)
+                    if batch[-1].terminal:
+                        finished = True
+                        outcome = batch[-1].type
         except (TimeoutError, StreamLost) as exc:
             if isinstance(exc, TimeoutError) and not deadline.expired():
                 raise  # a stalled write, not the job's deadline
@@ -131,9 +133,7 @@ async def relay(
     return resp
 
 
-async def _finish(
-    request: web.Request, resp: EventSourceResponse, svc: Services, job_id: str
-) -> None:
+async def _finish(request: web.Request, resp: SseResponse, svc: Services, job_id: str) -> None:
     """End the response, but never wait on a client that stopped reading."""
     try:
         async with asyncio.timeout(svc.settings.sse_send_timeout):
@@ -144,5 +144,30 @@ async def _finish(
             request.transport.abort()
 
 
-async def send_envelope(resp: EventSourceResponse, env: EventEnvelope) -> None:
-    await resp.send(env.data, id=str(env.seq), event=env.type)
+async def send_envelope(resp: SseResponse, env: EventEnvelope) -> None:
+    await resp.send_events([env])
+
+
+class SseResponse(EventSourceResponse):
+    """aiohttp-sse's response (headers, pings, send timeout) with a batch send: the
+    events that arrived together leave in one write. Envelope data is one line of
+    JSON and `id`/`event` are a number and a known type, so the frames need no
+    escaping beyond what `send` would do for a stray line break."""
+
+    async def send_events(self, envs: list[EventEnvelope]) -> None:
+        parts = []
+        for env in envs:
+            data = env.data
+            if "\n" in data or "\r" in data:
+                data = "\ndata: ".join(self.LINE_SEP_EXPR.split(data))
+            parts.append(f"id: {env.seq}\nevent: {env.type}\ndata: {data}\n\n")
+        try:
+            async with asyncio.timeout(self._send_timeout):
+                await self.write("".join(parts).encode())
+        except ConnectionResetError:
+            self.stop_streaming()
+            raise
+        except TimeoutError:
+            self.stop_streaming()
+            self._abort_transport()
+            raise
