@@ -1,8 +1,10 @@
 """structlog set-up shared by every service: JSON lines with contextvars merged.
 
-`request_id` and `job_id` are bound with `structlog.contextvars.bind_contextvars`
-at the edge of each unit of work (HTTP request, AMQP message) and so appear on
-every line that work logs.
+`request_id`, `user_id`, `conversation_id`, `job_id` and `provider` are bound with
+`structlog.contextvars.bind_contextvars` at the edge of each unit of work (HTTP
+request, AMQP message: see `parley_common.amqp.log_context`) as soon as they are known,
+and so appear on every line that work logs. Every value is scrubbed last (secrets,
+secret shapes, inline image data: `parley_common.redact`).
 """
 
 from __future__ import annotations
