@@ -207,7 +207,8 @@ class Worker:
         structlog.contextvars.clear_contextvars()
         # Every line about this job carries request, user, conversation, job and
         # provider, taken from the message's metadata (so even an invalid body's line).
-        structlog.contextvars.bind_contextvars(**(log_context(message) | {"provider": provider_name}))
+        context = log_context(message) | {"provider": provider_name}
+        structlog.contextvars.bind_contextvars(**context)
         try:
             job = ChatJob.model_validate_json(message.body)
         except ValidationError as exc:
