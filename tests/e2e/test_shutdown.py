@@ -3,7 +3,8 @@ client sees, and that the process exits 0 within its grace (SHUTDOWN_GRACE_SECON
 
 - gateway: stops accepting connections at once; a stream that ends within the grace
   ends normally; one still open after it gets `error` `gateway_shutdown` (no id) and
-  resumes on another gateway with exactly the rest of the reply.
+  resumes on another gateway with exactly the rest of the reply; a JSON request still
+  waiting gets a 503 naming the conversation, where the reply is then saved.
 - worker: takes no new job; a turn that ends within the grace ends normally; the
   unfinished ones go back to the queue, where another worker takes them (a turn that
   had streamed ends as `worker_lost` with what was shown; one that had not is
@@ -82,11 +83,21 @@ async def test_gateway_sigterm_finishes_short_streams_and_hands_long_ones_to_ano
     other = await stack.add("gateway-2", "parley_gateway", port_var="GATEWAY_PORT")
     short_text, long_text = "[[sim:tokens=12]] [[sim:delay-ms=100]]", "[[sim:tokens=90]]"
     long_text += " [[sim:delay-ms=100]]"
+    json_text = "[[sim:tokens=40]] [[sim:delay-ms=100]]"
     async with aiohttp.ClientSession() as http:
         short = await open_turn(http, stack.url, "user-short", {"text": short_text})
         long = await open_turn(http, stack.url, "user-long", {"text": long_text})
+        waiting = asyncio.create_task(_post_json(http, stack.url, "user-json", json_text))
         await short.deltas_seen(2)
         await long.deltas_seen(2)
+        await wait_until(
+            lambda: any(
+                r.get("event") == "chat.accepted" and r.get("user_id") == "user-json"
+                for r in stack.records("gateway")
+            ),
+            within=10,
+            what="the JSON request waiting for its reply",
+        )
 
         stack.sigterm("gateway")
         signalled = time.monotonic()
@@ -111,6 +122,12 @@ async def test_gateway_sigterm_finishes_short_streams_and_hands_long_ones_to_ano
         assert [int(e.id or -1) for e in shown] == list(range(len(shown)))
         assert [e.event for e in shown] == ["meta"] + ["assistant"] * (len(shown) - 1)
 
+        # The JSON request learns where its reply will be.
+        status, headers, body = await waiting
+        assert status == 503 and body["code"] == "gateway_shutdown", body
+        assert int(headers["Retry-After"]) > 0
+        assert body["conversation_id"].startswith("user-json:") and body["job_id"]
+
         # The gateway exits 0 within its grace.
         assert await stack.exit_code("gateway", within=GRACE + EXIT_MARGIN) == 0
 
@@ -123,13 +140,29 @@ async def test_gateway_sigterm_finishes_short_streams_and_hands_long_ones_to_ano
         ):
             assert resp.status == 200
             rest = parse_sse(await resp.text())[0]
-    assert [int(e.id or -1) for e in rest] == list(range(last + 1, last + 1 + len(rest)))
-    assert rest[-1].event == "done"
-    reply = long.reply + "".join(e.data["delta"] for e in rest if e.event == "assistant")
-    assert reply == words(90) == rest[-1].data["reply"]
+        assert [int(e.id or -1) for e in rest] == list(range(last + 1, last + 1 + len(rest)))
+        assert rest[-1].event == "done"
+        reply = long.reply + "".join(e.data["delta"] for e in rest if e.event == "assistant")
+        assert reply == words(90) == rest[-1].data["reply"]
+
+        # The JSON request's reply went on and is saved (read through the other gateway).
+        async def saved_reply() -> object:
+            url = f"{other}/api/chat/messages?conversation_id={body['conversation_id']}"
+            async with http.get(url, headers=bearer("user-json")) as resp:
+                messages = (await resp.json())["messages"]
+            return messages[-1]["role"] == "assistant" and messages[-1]["content"]
+
+        assert await wait_until(saved_reply, within=20, what="JSON reply saved") == words(40)
     records = stack.records("gateway")
     moved = [r for r in records if r.get("event") == "gateway.streams_moved"]
-    assert [r["streams"] for r in moved] == [1]
+    assert [r["streams"] for r in moved] == [2]  # the long stream and the JSON request
+
+
+async def _post_json(
+    http: aiohttp.ClientSession, url: str, user: str, text: str
+) -> tuple[int, dict[str, str], dict[str, Any]]:
+    async with http.post(f"{url}/api/chat", json={"text": text}, headers=bearer(user)) as resp:
+        return resp.status, dict(resp.headers), await resp.json()
 
 
 async def test_worker_sigterm_finishes_what_it_can_and_returns_the_rest_to_the_queue(
