@@ -21,6 +21,7 @@ Every public write is timed (`parley_history_write_seconds{op}`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from typing import Any
 from parley_common.schemas import ContextMessage, ImageRef, Source, TurnResult, TurnStatus, Usage
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError, OperationFailure
+from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
 from parley_history.errors import Conflict, Forbidden, NotFound, TurnInProgress
 from parley_history.metrics import timed_write
@@ -44,6 +45,9 @@ MAX_FOLDERS = 200
 _SKIP_MAX = 2**62
 # Index names of earlier releases that a newer index replaces (dropped at start-up).
 _RETIRED_INDEXES = {"conversations": ("by_user_channel_updated",)}
+# How often begin_turn tries again when its update matched nothing but the read after it
+# finds the conversation free (a lock released, or a conversation created, in between).
+_BEGIN_ATTEMPTS = 3
 # Projection of the conversation fields the API shows.
 _CONVERSATION_FIELDS = {
     "user_id": 1,
@@ -135,6 +139,45 @@ class Page:
     more: bool
 
 
+@dataclass(frozen=True, slots=True)
+class _NewTurn:
+    """What begin_turn was asked to store."""
+
+    user_id: str
+    channel: str
+    text: str
+    image: ImageRef | None
+    provider: str
+    job_id: str
+    lock_seconds: int
+    exclusive: bool
+
+
+def _lock(turn: _NewTurn, ts: datetime) -> Doc:
+    """A conversation's `active_job`: held by this turn until its result is saved, or
+    until it expires should that result never come."""
+    return {"job_id": turn.job_id, "until": ts + timedelta(seconds=turn.lock_seconds)}
+
+
+def _lock_holder(conv: Doc, ts: datetime) -> str | None:
+    """The job whose lock on the conversation is still in force, if any."""
+    lock = conv.get("active_job")
+    if not lock or not isinstance(lock.get("until"), datetime):
+        return None
+    until: datetime = lock["until"]
+    if until.tzinfo is None:  # a client without tz_aware reads UTC as naive
+        until = until.replace(tzinfo=UTC)
+    return None if until < ts else str(lock.get("job_id", ""))
+
+
+def _turn_in_progress(active: str) -> TurnInProgress:
+    return TurnInProgress(
+        f"a reply is still being generated in this conversation (job {active}); "
+        "wait for it, resume it, or cancel it",
+        active_job_id=active,
+    )
+
+
 class Unset:
     """Marks a field that a partial update leaves as it is."""
 
@@ -197,27 +240,6 @@ class Store:
             raise Forbidden("conversation belongs to another user")
         return conv
 
-    async def _create_conversation(
-        self, user_id: str, conversation_id: str, channel: str, title: str
-    ) -> bool:
-        ts = now()
-        try:
-            await self.conversations.insert_one(
-                {
-                    "_id": conversation_id,
-                    "user_id": user_id,
-                    "channel": channel,
-                    "title": title,
-                    "folder_id": None,
-                    "created_at": ts,
-                    "updated_at": ts,
-                    "next_seq": 0,
-                }
-            )
-        except DuplicateKeyError:
-            return False
-        return True
-
     async def _next_seq(self, conversation_id: str, touch: bool = True) -> int | None:
         update: Doc = {"$inc": {"next_seq": 1}}
         if touch:
@@ -247,80 +269,201 @@ class Store:
         """Store a turn's user message and return the context for the provider.
 
         `exclusive` (the chat path) also takes the conversation's one-turn lock;
-        without it this is a plain append, still totally ordered by `seq`."""
-        created = False
+        without it this is a plain append, still totally ordered by `seq`.
+
+        Round trips: a new conversation is one (the conversation, created already
+        locked and counting its first message, and that message are inserted at
+        once); an existing one is two (one update checks the owner, takes the lock
+        and the message's `seq`; then the message is inserted while the older
+        context is read)."""
+        turn = _NewTurn(user_id, channel, text, image, provider, job_id, lock_seconds, exclusive)
         if conversation_id is None:
-            conversation_id = new_conversation_id(user_id, channel)
-            created = await self._create_conversation(
-                user_id, conversation_id, channel, title_from(text)
+            return await self._begin_in_new_conversation(turn)
+        active = ""
+        for _ in range(_BEGIN_ATTEMPTS):
+            seq = await self._take_turn(turn, conversation_id)
+            if seq is not None:
+                return await self._store_user_message(turn, conversation_id, seq, created=False)
+            # Matched nothing: tell apart why, with the same answers as ever.
+            conv = await self.conversations.find_one(
+                {"_id": conversation_id}, {"user_id": 1, "active_job": 1}
             )
-        else:
-            conv = await self.conversations.find_one({"_id": conversation_id}, {"user_id": 1})
             if conv is None:
                 # A client may name a new conversation only inside its own namespace.
                 if not conversation_id.startswith(f"{user_id}:"):
                     raise NotFound("conversation not found")
-                created = await self._create_conversation(
-                    user_id, conversation_id, channel, title_from(text)
-                )
-            if not created:
-                await self.owned_conversation(user_id, conversation_id)
-        if exclusive:
-            await self._lock_for_turn(conversation_id, job_id, lock_seconds)
+                if await self._create_conversation(turn, conversation_id):
+                    return await self._store_user_message(turn, conversation_id, 1, created=True)
+                continue  # a concurrent request created it first: take a turn in it
+            if conv["user_id"] != user_id:
+                raise Forbidden("conversation belongs to another user")
+            holder = _lock_holder(conv, now())
+            if exclusive and holder is not None and holder != job_id:
+                raise _turn_in_progress(holder)
+            # Free again (the lock was released, or expired, between the update and the
+            # read): try again.
+            active = holder or ""
+        if not exclusive:
+            raise NotFound("conversation not found")
+        raise _turn_in_progress(active)
 
-        msg_id = user_message_id(job_id)
-        existing = await self.messages.find_one({"_id": msg_id}, {"_id": 1})
-        if existing is None:
-            seq = await self._next_seq(conversation_id)
-            if seq is None:
-                raise NotFound("conversation not found")
-            doc: Doc = {
-                "_id": msg_id,
-                "conversation_id": conversation_id,
-                "user_id": user_id,
-                "seq": seq,
-                "role": "user",
-                "content": text,
-                "status": "complete",
-                "provider": provider,
-                "job_id": job_id,
-                "created_at": now(),
-            }
-            if image is not None:
-                doc["image"] = {"mime": image.mime, "data_base64": image.data_base64}
-            # The same turn begun twice (a retried request): one message.
-            with contextlib.suppress(DuplicateKeyError):
-                await self.messages.insert_one(doc)
-        context = await self.context(conversation_id)
+    def _conversation_doc(self, turn: _NewTurn, conversation_id: str, ts: datetime) -> Doc:
+        """A new conversation, already counting its first message and, for an
+        exclusive turn, already locked to it."""
+        doc: Doc = {
+            "_id": conversation_id,
+            "user_id": turn.user_id,
+            "channel": turn.channel,
+            "title": title_from(turn.text),
+            "folder_id": None,
+            "created_at": ts,
+            "updated_at": ts,
+            "next_seq": 1,
+        }
+        if turn.exclusive:
+            doc["active_job"] = _lock(turn, ts)
+        return doc
+
+    def _user_message_doc(
+        self, turn: _NewTurn, conversation_id: str, seq: int, ts: datetime
+    ) -> Doc:
+        doc: Doc = {
+            "_id": user_message_id(turn.job_id),
+            "conversation_id": conversation_id,
+            "user_id": turn.user_id,
+            "seq": seq,
+            "role": "user",
+            "content": turn.text,
+            "status": "complete",
+            "provider": turn.provider,
+            "job_id": turn.job_id,
+            "created_at": ts,
+        }
+        if turn.image is not None:
+            doc["image"] = {"mime": turn.image.mime, "data_base64": turn.image.data_base64}
+        return doc
+
+    async def _begin_in_new_conversation(self, turn: _NewTurn) -> BegunTurn:
+        """A fresh random id, which no other request can know yet: its conversation and
+        its first message are inserted concurrently, and the context is the message."""
+        conversation_id = new_conversation_id(turn.user_id, turn.channel)
+        msg_id = user_message_id(turn.job_id)
+        ts = now()
+        conv_done, msg_done = await asyncio.gather(
+            self.conversations.insert_one(self._conversation_doc(turn, conversation_id, ts)),
+            self.messages.insert_one(self._user_message_doc(turn, conversation_id, 1, ts)),
+            return_exceptions=True,
+        )
+        conv_failed = isinstance(conv_done, BaseException)
+        msg_failed = isinstance(msg_done, BaseException)
+        if conv_failed or msg_failed:
+            # Undo the half that was stored (best effort: MongoDB may be what failed),
+            # so that neither a conversation without its message nor a message without
+            # its conversation is left behind.
+            with contextlib.suppress(PyMongoError):
+                if not conv_failed:
+                    await self.conversations.delete_one({"_id": conversation_id})
+                if not msg_failed:
+                    await self.messages.delete_one(
+                        {"_id": msg_id, "conversation_id": conversation_id}
+                    )
+        if isinstance(conv_done, BaseException):
+            raise conv_done
+        if isinstance(msg_done, DuplicateKeyError):
+            # The same turn begun twice (a retried request): the first one's
+            # conversation and message stand, and nothing new is stored.
+            return await self._begun_earlier(turn)
+        if isinstance(msg_done, BaseException):
+            raise msg_done
+        context = [ContextMessage(role="user", content=turn.text, image=turn.image)]
+        return BegunTurn(conversation_id, msg_id, True, context if turn.text else [])
+
+    async def _begun_earlier(self, turn: _NewTurn) -> BegunTurn:
+        msg_id = user_message_id(turn.job_id)
+        earlier = await self.messages.find_one({"_id": msg_id}, {"conversation_id": 1})
+        if earlier is None:
+            raise NotFound("conversation not found")  # deleted meanwhile
+        conversation_id = str(earlier["conversation_id"])
+        await self.owned_conversation(turn.user_id, conversation_id)
+        return BegunTurn(conversation_id, msg_id, False, await self.context(conversation_id))
+
+    async def _create_conversation(self, turn: _NewTurn, conversation_id: str) -> bool:
+        """A client-chosen id: created first, and only then given its message, since a
+        concurrent request for the same id may create it instead."""
+        try:
+            await self.conversations.insert_one(
+                self._conversation_doc(turn, conversation_id, now())
+            )
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def _take_turn(self, turn: _NewTurn, conversation_id: str) -> int | None:
+        """One update for the owner check, the one-turn lock and the user message's
+        `seq`; None when it matched nothing (unknown, another user's, or locked)."""
+        ts = now()
+        query: Doc = {"_id": conversation_id, "user_id": turn.user_id}
+        update: Doc = {"$inc": {"next_seq": 1}, "$set": {"updated_at": ts}}
+        if turn.exclusive:
+            # One turn at a time per conversation, across every gateway: the lock is
+            # the conversation's `active_job`, released when the turn's result is
+            # saved, and expiring on its own should that result never come.
+            query["$or"] = [
+                {"active_job": None},
+                {"active_job.until": {"$lt": ts}},
+                {"active_job.job_id": turn.job_id},
+            ]
+            update["$set"]["active_job"] = _lock(turn, ts)
+        conv = await self.conversations.find_one_and_update(
+            query,
+            update,
+            projection={"next_seq": 1, "_id": 0},
+            return_document=ReturnDocument.AFTER,
+        )
+        return None if conv is None else int(conv["next_seq"])
+
+    async def _store_user_message(
+        self, turn: _NewTurn, conversation_id: str, seq: int, *, created: bool
+    ) -> BegunTurn:
+        """Insert the message while reading the context before it: the newest message
+        is the one being inserted, and its image is the request's."""
+        msg_id = user_message_id(turn.job_id)
+        inserted, docs = await asyncio.gather(
+            self.messages.insert_one(self._user_message_doc(turn, conversation_id, seq, now())),
+            self._context_before(conversation_id, seq, turn.text),
+            return_exceptions=True,
+        )
+        if isinstance(inserted, DuplicateKeyError) or (
+            not isinstance(inserted, BaseException) and not turn.text
+        ):
+            # The same turn begun twice (a retried request): one message, in the
+            # place the first attempt gave it. An empty text is no context of its own.
+            # Either way the context is read as stored.
+            return BegunTurn(conversation_id, msg_id, created, await self.context(conversation_id))
+        if isinstance(inserted, BaseException):
+            raise inserted
+        if isinstance(docs, BaseException):
+            raise docs
+        docs.reverse()
+        context = [ContextMessage(role=d["role"], content=d["content"]) for d in docs]
+        context.append(ContextMessage(role="user", content=turn.text, image=turn.image))
         return BegunTurn(conversation_id, msg_id, created, context)
 
-    async def _lock_for_turn(self, conversation_id: str, job_id: str, seconds: int) -> None:
-        """One turn at a time per conversation, across every gateway: the lock is the
-        conversation's `active_job`, taken atomically, released when the turn's result
-        is saved, and expiring on its own should that result never come."""
-        ts = now()
-        taken = await self.conversations.find_one_and_update(
-            {
-                "_id": conversation_id,
-                "$or": [
-                    {"active_job": None},
-                    {"active_job.until": {"$lt": ts}},
-                    {"active_job.job_id": job_id},
-                ],
-            },
-            {"$set": {"active_job": {"job_id": job_id, "until": ts + timedelta(seconds=seconds)}}},
-            projection={"_id": 1},
-        )
-        if taken is None:
-            conv = await self.conversations.find_one({"_id": conversation_id}, {"active_job": 1})
-            if conv is None:
-                raise NotFound("conversation not found")
-            active = (conv.get("active_job") or {}).get("job_id", "")
-            raise TurnInProgress(
-                f"a reply is still being generated in this conversation (job {active}); "
-                "wait for it, resume it, or cancel it",
-                active_job_id=active,
+    async def _context_before(self, conversation_id: str, seq: int, text: str) -> list[Doc]:
+        """The newest messages below `seq` (newest first) that, with the message at
+        `seq`, make up the context; no read when there can be none."""
+        older = self.context_messages - 1
+        if seq <= 1 or older <= 0 or not text:
+            return []
+        cursor = (
+            self.messages.find(
+                {"conversation_id": conversation_id, "seq": {"$lt": seq}, "content": {"$ne": ""}},
+                {"role": 1, "content": 1, "_id": 0},
             )
+            .sort("seq", DESCENDING)
+            .limit(older)
+        )
+        return await cursor.to_list()
 
     async def release_turn(self, conversation_id: str, job_id: str) -> None:
         await self.conversations.update_one(
@@ -357,15 +500,30 @@ class Store:
 
         Returns the message id and the result *as stored*: when an earlier delivery
         of the same turn was saved first, that one, so whoever announces the turn
-        announces what history holds."""
+        announces what history holds.
+
+        While the turn still holds its conversation's lock (the usual case), one update
+        releases the lock and takes the reply's `seq`, and the insert follows."""
         msg_id = reply_message_id(result.job_id)
-        await self.release_turn(result.conversation_id, result.job_id)
-        stored = await self.messages.find_one({"_id": msg_id})
-        if stored is not None:
-            return msg_id, _as_result(stored, result)
-        seq = await self._next_seq(result.conversation_id)
-        if seq is None:
-            return None  # deleted mid-stream: do not bring it back
+        taken = await self.conversations.find_one_and_update(
+            {"_id": result.conversation_id, "active_job.job_id": result.job_id},
+            {"$set": {"active_job": None, "updated_at": now()}, "$inc": {"next_seq": 1}},
+            projection={"next_seq": 1, "_id": 0},
+            return_document=ReturnDocument.AFTER,
+        )
+        if taken is not None:
+            seq = int(taken["next_seq"])
+        else:
+            # The turn holds no lock here: a redelivered result (saved already, or its
+            # first save stopped between its two writes), a lock that expired and was
+            # taken by a later turn, a turn begun without one, or a deleted conversation.
+            stored = await self.messages.find_one({"_id": msg_id})
+            if stored is not None:
+                return msg_id, _as_result(stored, result)
+            next_seq = await self._next_seq(result.conversation_id)
+            if next_seq is None:
+                return None  # deleted mid-stream: do not bring it back
+            seq = next_seq
         doc: Doc = {
             "_id": msg_id,
             "conversation_id": result.conversation_id,
