@@ -36,6 +36,7 @@ SHUTDOWN_CODE = "gateway_shutdown"
 class Drain:
     def __init__(self) -> None:
         self.draining = False
+        self._grace_over = False
         self._open: set[asyncio.Timeout] = set()
         self._moved: set[asyncio.Timeout] = set()
         self._idle = asyncio.Event()
@@ -51,6 +52,8 @@ class Drain:
         deadline's `async with`."""
         self._open.add(deadline)
         self._idle.clear()
+        if self._grace_over:
+            self._move(deadline)
         try:
             yield
         finally:
@@ -58,26 +61,29 @@ class Drain:
             if not self._open:
                 self._idle.set()
 
+    def _move(self, deadline: asyncio.Timeout) -> None:
+        self._moved.add(deadline)
+        SHUTDOWN_STREAMS.inc()
+        deadline.reschedule(asyncio.get_running_loop().time())
+
     def moved(self, deadline: asyncio.Timeout) -> bool:
         """Whether this deadline expired because the gateway is shutting down."""
         return deadline in self._moved
 
     async def drain(self, grace: float) -> None:
         self.draining = True
-        if not self._open:
-            log.info("gateway.drained", streams=0)
-            return
-        log.info("gateway.draining", streams=len(self._open), grace_s=grace)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(grace):
-                await self._idle.wait()
+        if self._open:
+            log.info("gateway.draining", streams=len(self._open), grace_s=grace)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self._idle.wait()
+        # From here on, a stream that is still open, or that opens now (its request came
+        # in before the signal), is told to resume elsewhere.
+        self._grace_over = True
         left = list(self._open)
+        for deadline in left:
+            self._move(deadline)
         if left:
-            now = asyncio.get_running_loop().time()
-            for deadline in left:
-                self._moved.add(deadline)
-                deadline.reschedule(now)
-            SHUTDOWN_STREAMS.inc(len(left))
             log.warning("gateway.streams_moved", streams=len(left))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(MOVE_SECONDS):
