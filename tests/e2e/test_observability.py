@@ -21,6 +21,7 @@ import pytest
 
 from tests.e2e.conftest import ProcessStack
 from tests.faults.client import Turn, open_turn, words
+from tests.faults.servers import wait_until
 from tests.support.infra import Infra
 from tests.support.metrics import Samples, scrape
 from tests.support.stack import drop_run
@@ -103,6 +104,14 @@ async def test_a_turn_moves_every_named_series_on_each_service(observed: Process
         assert rejected.events[-1].event == "error"
         assert rejected.events[-1].data["code"] == "provider_rejected"
 
+        # A streamed request is counted when its handler returns, a moment after the
+        # client read the last event: wait for the gateway to have counted all four.
+        async def gateway_done() -> bool:
+            scraped = await scrape(http, stack.url)
+            counted = scraped.get("parley_gateway_requests_total", **CHAT)
+            return counted - before["gateway"].get("parley_gateway_requests_total", **CHAT) >= 4
+
+        await wait_until(gateway_done, within=10, what="the gateway to count the four turns")
         after = await scrape_all(http, stack)
 
     g0, g1, gm = before["gateway"], after["gateway"], during["gateway"]
