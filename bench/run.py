@@ -313,6 +313,11 @@ def machine() -> dict[str, Any]:
         "commit": commit,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join(["python -m bench", *sys.argv[1:]]),
+        # Knobs that change what is measured, as the services saw them.
+        "config": {
+            name: os.environ.get(name, "(default)")
+            for name in ("STREAM_FLUSH_MS", "PARLEY_EVENT_LOOP", "WORKER_CONCURRENCY")
+        },
     }
 
 

@@ -8,7 +8,6 @@ from typing import Any
 import httpx2
 import openai
 import pytest
-
 from parley_worker.providers.openai_sse import iter_sse_json
 
 BODY = (

@@ -63,20 +63,30 @@ class JobEvents:
 
 
 class EventBatch:
-    """One job's events, published in order; events that arrive while a publish is in
-    flight go out together in the next pipeline, so a fast provider stream costs one
-    Redis round trip per batch rather than per token, and never waits on Redis unless
-    `MAX_PENDING` events are queued. `flush()` returns once everything is published
-    (and raises what a failed publish raised)."""
+    """One job's events, published in order, in batches: one Redis round trip (and
+    one channel message, one wake-up and one write per reading gateway) per batch
+    rather than per token.
+
+    The first event after a quiet spell goes out at once (time to first token is
+    not delayed); events that follow within `window` seconds of a publish wait for
+    the window to pass and go out together. `window=0` publishes whatever arrived
+    while the previous publish was in flight. Publishing never waits on Redis
+    unless `MAX_PENDING` events are queued. `flush()` publishes what is pending at
+    once and returns when everything is out (raising what a failed publish raised).
+    """
 
     MAX_PENDING = 512
 
-    def __init__(self, events: JobEvents, job_id: str) -> None:
+    def __init__(self, events: JobEvents, job_id: str, window: float = 0.0) -> None:
         self._events = events
         self._job_id = job_id
+        self._window = window
         self._pending: list[bytes] = []
         self._task: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
+        self._last_publish = float("-inf")
+        self._urgent = False
+        self._wakeup: asyncio.Future[None] | None = None
 
     async def publish(self, raw: bytes) -> None:
         if self._error is not None:
@@ -88,8 +98,19 @@ class EventBatch:
             await self.flush()
 
     async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._pending:
+            wait = self._last_publish + self._window - loop.time()
+            if wait > 0 and not self._urgent:
+                self._wakeup = wakeup = loop.create_future()
+                timer = loop.call_later(wait, _wake, wakeup)
+                try:
+                    await wakeup
+                finally:
+                    timer.cancel()
+                    self._wakeup = None
             batch, self._pending = self._pending, []
+            self._last_publish = loop.time()
             try:
                 await self._events.publish_many(self._job_id, batch)
             except Exception as exc:  # surfaced by the next publish() or flush()
@@ -98,7 +119,18 @@ class EventBatch:
                 return
 
     async def flush(self) -> None:
-        if self._task is not None:
-            await asyncio.shield(self._task)
+        self._urgent = True
+        if self._wakeup is not None:
+            _wake(self._wakeup)
+        try:
+            if self._task is not None:
+                await asyncio.shield(self._task)
+        finally:
+            self._urgent = False
         if self._error is not None:
             raise self._error
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

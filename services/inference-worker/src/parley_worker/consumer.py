@@ -107,6 +107,7 @@ class Worker:
                 max_wait_seconds=s.provider_retry_max_wait,
             ),
             web=web,
+            flush_window=s.stream_flush_ms / 1000,
         )
         pubsub = self.redis.pubsub()
         await pubsub.subscribe(self.topo.cancel_channel)

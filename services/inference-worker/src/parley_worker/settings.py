@@ -18,6 +18,11 @@ class WorkerSettings(ProviderSettings, WebSearchSettings):
     # Concurrent turns per provider in this process (AMQP prefetch per queue).
     worker_concurrency: int = Field(default=8, ge=1, le=256)
     provider_connect_timeout: float = Field(default=10.0, gt=0)
+    # Token deltas that arrive within this many milliseconds of the last publish wait
+    # and go out together (one Redis message, one write to the client); the first
+    # delta after a pause is never held. 0: batch only what arrives during a publish.
+    # docs/benchmarks.md measures the choice.
+    stream_flush_ms: int = Field(default=50, ge=0, le=1000)
     # The longest silence allowed between two chunks of a provider stream.
     provider_idle_timeout: float = Field(default=60.0, gt=0)
     # The longest one generation may take, start to finish.

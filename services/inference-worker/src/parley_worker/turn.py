@@ -120,8 +120,11 @@ class TurnRunner:
         max_generation_seconds: float,
         retry: RetryPolicy | None = None,
         web: WebTools | None = None,
+        flush_window: float = 0.0,
     ) -> None:
         self._events = events
+        # Deltas arriving within this many seconds of a publish go out together.
+        self._flush_window = flush_window
         self._max_seconds = max_generation_seconds
         self._retry = retry or RetryPolicy()
         # The web tools a `web: true` job is offered (None: such jobs get none).
@@ -139,7 +142,9 @@ class TurnRunner:
         started = loop.time()
         cancel = cancel or asyncio.Event()
         state = _Progress(
-            seq=start_seq, model=provider.model, out=EventBatch(self._events, job.job_id)
+            seq=start_seq,
+            model=provider.model,
+            out=EventBatch(self._events, job.job_id, self._flush_window),
         )
         web = self._web if job.web else None
         if job.web and web is None:
