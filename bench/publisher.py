@@ -23,7 +23,9 @@ from parley_common.topology import Topology
 
 
 async def publish(url: str, namespace: str, deltas: int, batch: int, jobs: list[str]) -> None:
-    redis = aioredis.from_url(url)
+    redis = aioredis.Redis(
+        connection_pool=aioredis.BlockingConnectionPool.from_url(url, max_connections=64)
+    )
     events = JobEvents(redis, Topology(namespace), ttl_seconds=600)
     started = time.perf_counter()
     messages = 0

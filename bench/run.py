@@ -268,7 +268,13 @@ async def relay_scenario(
                 cwd=ROOT, stdout=asyncio.subprocess.PIPE,
             )  # fmt: skip
             out, _ = await proc.communicate()
-            await asyncio.wait_for(asyncio.gather(*readers), timeout=120)
+            try:
+                await asyncio.wait_for(asyncio.gather(*readers), timeout=60)
+            except TimeoutError:
+                raise RuntimeError(
+                    f"relay incomplete: {sum(counts)} deltas, {sum(done)} streams done, "
+                    f"publisher printed {out!r}"
+                ) from None
             elapsed = time.perf_counter() - started
             cpu = cpu_delta(before, stack.cpu())
             for resp, _ in opened:

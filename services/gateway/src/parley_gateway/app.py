@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 
 import aio_pika
 import aiohttp
-import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
 from parley_common.http import add_probe_routes, amqp_connected
@@ -41,9 +40,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     topo = Topology(settings.parley_namespace)
     session = aiohttp.ClientSession()
-    redis = aioredis.from_url(
-        settings.redis_url.get_secret_value(), client_name=f"{settings.parley_namespace}gateway"
-    )
+    redis = settings.redis_client(client_name=f"{settings.parley_namespace}gateway")
     connection = await aio_pika.connect_robust(settings.rabbitmq_url.get_secret_value())
     try:
         publisher = JobPublisher(connection, topo)

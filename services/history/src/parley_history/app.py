@@ -278,7 +278,7 @@ CONSUMING = web.AppKey("consuming", Consuming)
 async def _consumer_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     topo = Topology(settings.parley_namespace)
-    redis = aioredis.from_url(settings.redis_url.get_secret_value())
+    redis = settings.redis_client()
     connection = await aio_pika.connect_robust(settings.rabbitmq_url.get_secret_value())
     channel = await open_channel(connection, prefetch=settings.history_prefetch)
     exchanges = await declare_exchanges(channel, topo)

@@ -91,7 +91,7 @@ class Worker:
             provider = build_provider(s, name, timeouts)
             self._providers[name] = provider
             self._stack.push_async_callback(provider.aclose)
-        self.redis = aioredis.from_url(s.redis_url.get_secret_value())
+        self.redis = s.redis_client()
         self._stack.push_async_callback(self.redis.aclose)
         events = JobEvents(self.redis, self.topo, s.replay_log_ttl)
         self._events = events
