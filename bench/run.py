@@ -65,7 +65,7 @@ TARGETS = {
 
 @dataclass(frozen=True)
 class Sizes:
-    ttft_1: int = 200  # turns, one at a time
+    ttft_1: int = 100  # turns, one at a time
     c32: tuple[int, int] = (32, 640)  # concurrency, turns
     c256: tuple[int, int] = (256, 2560)
     hold: tuple[int, float, int] = (10_000, 15.0, 2)  # streams, ping seconds, heartbeats
