@@ -16,7 +16,6 @@ from typing import Any
 
 import httpx2
 import openai
-from openai import AsyncOpenAI
 from parley_common.providers import ProviderConfig
 from parley_common.schemas import ContextMessage, Usage
 
@@ -33,7 +32,7 @@ from parley_worker.providers.base import (
     ToolStep,
     parse_arguments,
 )
-from parley_worker.providers.openai_errors import map_openai_error, openai_timeout
+from parley_worker.providers.openai_errors import map_openai_error, openai_client
 from parley_worker.providers.openai_sse import iter_sse_json
 
 
@@ -106,13 +105,7 @@ class OpenAIChatProvider:
         assert config.api_key is not None
         self.name = config.name
         self.model = config.model
-        # Retries are Parley's (worker-level, before the first token), not the SDK's.
-        self._client = AsyncOpenAI(
-            api_key=config.api_key.get_secret_value(),
-            base_url=config.base_url,
-            max_retries=0,
-            timeout=openai_timeout(timeouts),
-        )
+        self._client = openai_client(config, timeouts)
 
     async def aclose(self) -> None:
         await self._client.close()

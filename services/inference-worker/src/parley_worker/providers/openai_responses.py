@@ -15,7 +15,7 @@ from typing import Any, cast
 
 import httpx2
 import openai
-from openai import AsyncOpenAI, AsyncStream, omit
+from openai import AsyncStream, omit
 from openai.types.responses import (
     ResponseCompletedEvent,
     ResponseErrorEvent,
@@ -43,7 +43,7 @@ from parley_worker.providers.base import (
     ToolStep,
     parse_arguments,
 )
-from parley_worker.providers.openai_errors import map_openai_error, openai_timeout
+from parley_worker.providers.openai_errors import map_openai_error, openai_client
 
 
 def response_input(messages: list[ContextMessage]) -> list[dict[str, Any]]:
@@ -102,12 +102,7 @@ class OpenAIResponsesProvider:
         assert config.api_key is not None
         self.name = config.name
         self.model = config.model
-        self._client = AsyncOpenAI(
-            api_key=config.api_key.get_secret_value(),
-            base_url=config.base_url,
-            max_retries=0,
-            timeout=openai_timeout(timeouts),
-        )
+        self._client = openai_client(config, timeouts)
 
     async def aclose(self) -> None:
         await self._client.close()
