@@ -69,7 +69,7 @@ class Sizes:
     c32: tuple[int, int] = (32, 640)  # concurrency, turns
     c256: tuple[int, int] = (256, 2560)
     hold: tuple[int, float, int] = (10_000, 15.0, 2)  # streams, ping seconds, heartbeats
-    relay: tuple[int, int] = (200, 500)  # streams, deltas per stream
+    relay: tuple[int, int] = (200, 1000)  # streams, deltas per stream
 
 
 SMOKE = Sizes(ttft_1=5, c32=(4, 8), c256=(8, 16), hold=(20, 1.0, 2), relay=(4, 64))
@@ -262,12 +262,23 @@ async def relay_scenario(
             jobs = [job for _, job in opened]
             before = stack.cpu()
             started = time.perf_counter()
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bench.publisher", infra.redis_url, stack.namespace,
-                str(deltas), str(batch), *jobs,
-                cwd=ROOT, stdout=asyncio.subprocess.PIPE,
-            )  # fmt: skip
-            out, _ = await proc.communicate()
+            # Two publishers (as many as cores), so that the gateway is what is measured.
+            procs = [
+                await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "bench.publisher",
+                    infra.redis_url,
+                    stack.namespace,
+                    str(deltas),
+                    str(batch),
+                    *jobs[k::2],
+                    cwd=ROOT,
+                    stdout=asyncio.subprocess.PIPE,
+                )
+                for k in range(2)
+            ]
+            out = b"".join([(await p.communicate())[0] for p in procs])
             try:
                 await asyncio.wait_for(asyncio.gather(*readers), timeout=60)
             except TimeoutError:
@@ -290,7 +301,7 @@ async def relay_scenario(
         "complete": all(done) and relayed == streams * deltas,
         "seconds": round(elapsed, 3),
         "deltas_per_s": round(relayed / elapsed, 1),
-        "publisher": json.loads(out.decode().strip().splitlines()[-1]),
+        "publishers": [json.loads(line) for line in out.decode().split()],
         "gateway_cpu_s": round(cpu.get("gateway", 0.0), 3),
         "gateway_cpu_us_per_delta": round(cpu.get("gateway", 0.0) * 1e6 / max(1, relayed), 2),
         "redis_cpu_s": round(cpu.get("redis", 0.0), 3),
