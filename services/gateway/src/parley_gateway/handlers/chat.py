@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import secrets
 import time
@@ -87,45 +88,57 @@ async def chat(request: web.Request) -> web.StreamResponse:
         if earlier is not None:
             log.info("chat.idempotent_retry", attached_to=earlier)
             return await attach(request, svc, user_id, earlier, streaming)
-    try:
-        turn = await svc.history.begin_turn(
-            user_id=user_id,
-            request_id=request_id,
-            job_id=job_id,
-            conversation_id=req.conversation_id,
-            channel=req.channel,
-            text=req.text,
-            provider=provider,
-            image=ImageRef(mime=image.mime, data_base64=image.data_base64) if image else None,
-            lock_seconds=_active_ttl(svc),
+    async with contextlib.AsyncExitStack() as scope:
+        # The user message is stored while this gateway subscribes to the job's events
+        # (two round trips at once: time to first token pays for the longer one).
+        begun, subscribed = await asyncio.gather(
+            svc.history.begin_turn(
+                user_id=user_id,
+                request_id=request_id,
+                job_id=job_id,
+                conversation_id=req.conversation_id,
+                channel=req.channel,
+                text=req.text,
+                provider=provider,
+                image=ImageRef(mime=image.mime, data_base64=image.data_base64) if image else None,
+                lock_seconds=_active_ttl(svc),
+            ),
+            scope.enter_async_context(svc.hub.subscribe(job_id)),
+            return_exceptions=True,
         )
-    except Exception:
-        if idem_key is not None:
-            await svc.idempotency.release(user_id, idem_key, job_id)
-        raise
-    structlog.contextvars.bind_contextvars(conversation_id=turn.conversation_id)
-    job = ChatJob(
-        job_id=job_id,
-        request_id=request_id,
-        user_id=user_id,
-        conversation_id=turn.conversation_id,
-        provider=provider,
-        mood=req.mood,
-        web=req.web,
-        messages=turn.context,
-        user_message_id=turn.user_message_id,
-        created_at=datetime.now(UTC),
-        deadline=time.time() + svc.settings.job_deadline_seconds,
-    )
-    meta = MetaEvent(conversation_id=turn.conversation_id, provider=provider, job_id=job_id)
-    meta_raw = encode_envelope(0, meta)
-    async with svc.hub.subscribe(job_id) as sub:
+        if isinstance(begun, BaseException):
+            if idem_key is not None:
+                await svc.idempotency.release(user_id, idem_key, job_id)
+            raise begun
+        turn = begun
+        structlog.contextvars.bind_contextvars(conversation_id=turn.conversation_id)
+        job = ChatJob(
+            job_id=job_id,
+            request_id=request_id,
+            user_id=user_id,
+            conversation_id=turn.conversation_id,
+            provider=provider,
+            mood=req.mood,
+            web=req.web,
+            messages=turn.context,
+            user_message_id=turn.user_message_id,
+            created_at=datetime.now(UTC),
+            deadline=time.time() + svc.settings.job_deadline_seconds,
+        )
+        meta = MetaEvent(conversation_id=turn.conversation_id, provider=provider, job_id=job_id)
+        meta_raw = encode_envelope(0, meta)
         try:
-            await svc.registry.register(
-                job_id, user_id, turn.conversation_id, provider, active_ttl=_active_ttl(svc)
+            if isinstance(subscribed, BaseException):
+                raise subscribed
+            sub = subscribed
+            # The meta event opens the job's replay log, so a resumed stream has it too;
+            # both before the job is queued, so no worker can run it unlisted.
+            await asyncio.gather(
+                svc.registry.register(
+                    job_id, user_id, turn.conversation_id, provider, active_ttl=_active_ttl(svc)
+                ),
+                svc.hub.log.publish(job_id, meta_raw),
             )
-            # The meta event opens the job's replay log, so a resumed stream has it too.
-            await svc.hub.log.publish(job_id, meta_raw)
             await svc.publisher.publish(job)
         except Exception as exc:
             if idem_key is not None:
