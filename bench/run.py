@@ -46,7 +46,7 @@ from bench.load import (
     session,
 )
 from bench.profile import Profiler
-from bench.stack import ROOT, BenchStack, cpu_delta, rss_bytes, token
+from bench.stack import ROOT, SERVICE_ENV, BenchStack, cpu_delta, rss_bytes, token
 from tests.support.infra import Infra, provide_infra
 
 PARLEY_PROCS = ("gateway", "history", "worker")
@@ -174,8 +174,8 @@ async def hold_scenario(
         async with session(streams + 8) as http:
             # Warm up: the first requests allocate what every later one reuses.
             warm = [
-                await open_stream(http, stack.url, f"Bearer {token('bench-warm')}", "hold")
-                for _ in range(20)
+                await open_stream(http, stack.url, f"Bearer {token(f'bench-warm-{i}')}", "hold")
+                for i in range(20)
             ]
             for resp, _ in warm:
                 resp.close()
@@ -333,8 +333,9 @@ def machine() -> dict[str, Any]:
         # Knobs that change what is measured, as the services saw them.
         "config": {
             name: os.environ.get(name, "(default)")
-            for name in ("STREAM_FLUSH_MS", "PARLEY_EVENT_LOOP", "WORKER_CONCURRENCY")
-        },
+            for name in ("STREAM_FLUSH_MS", "PARLEY_EVENT_LOOP")
+        }
+        | SERVICE_ENV,
     }
 
 
