@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import aiohttp
 import jwt
 
 from tests.support.infra import Infra
+from tests.support.procs import wait_ready
 from tests.support.stack import drop_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -166,19 +166,7 @@ class BenchStack:
         )
 
     async def wait_ready(self, url: str, seconds: float = 60) -> None:
-        async with aiohttp.ClientSession() as session, asyncio.timeout(seconds):
-            while True:
-                for name, proc in self.procs.items():
-                    if proc.poll() is not None:
-                        tail = (self.logdir / f"{name}.log").read_text()[-2000:]
-                        raise RuntimeError(f"{name} exited {proc.returncode}: {tail}")
-                try:
-                    async with session.get(url) as resp:
-                        if resp.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)  # polling a port that is not open yet
+        await wait_ready(url, self.procs, self.logdir, seconds)
 
     def pids(self) -> dict[str, int]:
         """Every process whose CPU is reported: Parley's and the servers'."""

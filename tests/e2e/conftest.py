@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -15,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from tests.support.infra import Infra
+from tests.support.procs import wait_ready
 from tests.support.stack import JWT_SECRET, drop_run
 
 
@@ -172,20 +173,17 @@ class ProcessStack:
         await self.wait_http(f"http://127.0.0.1:{self.ports[name]}/readyz")
 
     async def wait_http(self, url: str, seconds: float = 30) -> None:
-        async with aiohttp.ClientSession() as session:
-            async with asyncio.timeout(seconds):
-                while True:
-                    for name, proc in self.procs.items():
-                        if proc.poll() is not None and name not in self.stopped:
-                            log = (self.logdir / f"{name}.log").read_text()[-2000:]
-                            raise RuntimeError(f"{name} exited {proc.returncode}: {log}")
-                    try:
-                        async with session.get(url) as resp:
-                            if resp.status == 200:
-                                return
-                    except aiohttp.ClientError:
-                        pass
-                    await asyncio.sleep(0.1)  # polling a port that is not open yet
+        await wait_ready(url, self.procs, self.logdir, seconds, expected_down=self.stopped)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[ProcessStack]:
+        """Started, then stopped and its queues, keys and database dropped."""
+        try:
+            await self.start()
+            yield self
+        finally:
+            await self.stop()
+            await drop_run(self.infra, self.db_name, self.namespace)
 
     def log_lines(self, name: str) -> list[str]:
         return (self.logdir / f"{name}.log").read_text().splitlines()
@@ -211,10 +209,5 @@ class ProcessStack:
 
 @pytest.fixture
 async def processes(infra: Infra, tmp_path: Path) -> AsyncIterator[ProcessStack]:
-    stack = ProcessStack(infra, tmp_path)
-    try:
-        await stack.start()
+    async with ProcessStack(infra, tmp_path).running() as stack:
         yield stack
-    finally:
-        await stack.stop()
-        await drop_run(infra, stack.db_name, stack.namespace)

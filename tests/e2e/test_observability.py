@@ -24,7 +24,6 @@ from tests.faults.client import Turn, open_turn, words
 from tests.faults.servers import wait_until
 from tests.support.infra import Infra
 from tests.support.metrics import Samples, scrape
-from tests.support.stack import drop_run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -47,12 +46,8 @@ async def observed(infra: Infra, tmp_path: Path) -> AsyncIterator[ProcessStack]:
             "PROVIDER_RETRY_BASE_SECONDS": "0.05",
         },
     )
-    try:
-        await stack.start()
+    async with stack.running():
         yield stack
-    finally:
-        await stack.stop()
-        await drop_run(infra, stack.db_name, stack.namespace)
 
 
 def urls(stack: ProcessStack) -> dict[str, str]:

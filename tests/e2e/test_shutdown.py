@@ -59,12 +59,8 @@ async def stack(infra: Infra, tmp_path: Path) -> AsyncIterator[ProcessStack]:
         tmp_path,
         extra_env={"SHUTDOWN_GRACE_SECONDS": str(GRACE), "REDELIVERY_GRACE_SECONDS": "1"},
     )
-    try:
-        await s.start()
+    async with s.running():
         yield s
-    finally:
-        await s.stop()
-        await drop_run(infra, s.db_name, s.namespace)
 
 
 async def refuses_connections(url: str) -> bool:

@@ -13,7 +13,7 @@ import pytest
 from tests.e2e.conftest import ProcessStack
 from tests.faults.servers import PrivateMongo, PrivateRabbit, PrivateRedis, rabbitmq_scripts
 from tests.support.infra import Infra
-from tests.support.stack import Stack, drop_run
+from tests.support.stack import Stack
 
 TEARDOWN_TIMEOUT = 60.0
 
@@ -115,10 +115,5 @@ async def processes(
 ) -> AsyncIterator[ProcessStack]:
     """The stack as real processes (gateway, history, one groq worker, simulator), shared
     by a module's tests: a test that kills a process starts it again before it ends."""
-    stack = ProcessStack(infra, tmp_path_factory.mktemp("processes"))
-    try:
-        await stack.start()
+    async with ProcessStack(infra, tmp_path_factory.mktemp("processes")).running() as stack:
         yield stack
-    finally:
-        await stack.stop()
-        await drop_run(infra, stack.db_name, stack.namespace)
