@@ -72,6 +72,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         )
         log.info("gateway.ready", providers=settings.available_providers())
         yield
+        await app[SERVICES].limits.aclose()
         await hub.stop()
     finally:
         await connection.close()

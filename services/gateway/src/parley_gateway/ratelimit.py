@@ -60,6 +60,10 @@ return 1
 """
 
 
+# Lease renewals per pipeline.
+RENEW_BATCH = 500
+
+
 class RateLimits:
     def __init__(
         self,
@@ -86,6 +90,10 @@ class RateLimits:
         self._limiter = SlidingWindowCounterRateLimiter(storage)
         self._acquire = redis.register_script(_ACQUIRE)
         self._renew = redis.register_script(_RENEW)
+        # The stream leases this process holds (user key -> lease ids), renewed together
+        # by one task rather than a task per stream.
+        self._held: dict[str, set[str]] = {}
+        self._renewer: asyncio.Task[None] | None = None
 
     async def hit(self, user_id: str) -> None:
         """Count one request of `user_id`; TooManyRequests when over the rate."""
@@ -128,22 +136,39 @@ class RateLimits:
                 code="too_many_streams",
                 retry_after=STREAM_RETRY_AFTER,
             )
-        renewer = asyncio.create_task(self._keep(key, lease))
+        self._held.setdefault(key, set()).add(lease)
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.create_task(self._keep(), name="stream-lease-renewal")
         try:
             yield
         finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+            leases = self._held.get(key)
+            if leases is not None:
+                leases.discard(lease)
+                if not leases:
+                    del self._held[key]
             try:
                 await self._redis.zrem(key, lease)
             except (RedisError, OSError):
                 log.warning("ratelimit.release_failed")  # the lease expires on its own
 
-    async def _keep(self, key: str, lease: str) -> None:
-        while True:
+    async def _keep(self) -> None:
+        """Renew every lease held here, every third of a lease, in pipelined batches;
+        ends when none is held (the next stream starts it again)."""
+        while self._held:
             await asyncio.sleep(self._lease_seconds / 3)
-            try:
-                await self._renew(keys=[key], args=[self._lease_seconds, lease])
-            except (RedisError, OSError):
-                log.warning("ratelimit.renew_failed")
+            held = [(key, lease) for key, leases in self._held.items() for lease in leases]
+            for start in range(0, len(held), RENEW_BATCH):
+                pipe = self._redis.pipeline(transaction=False)
+                for key, lease in held[start : start + RENEW_BATCH]:
+                    await self._renew(keys=[key], args=[self._lease_seconds, lease], client=pipe)
+                try:
+                    await pipe.execute()
+                except (RedisError, OSError):
+                    log.warning("ratelimit.renew_failed", leases=len(held))
+
+    async def aclose(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer

@@ -147,17 +147,22 @@ async def chat(request: web.Request) -> web.StreamResponse:
             raise
         JOBS_PUBLISHED.labels(provider).inc()
         log.info("chat.accepted", stream=streaming)
+        conversation_id = turn.conversation_id
+        first = decode_envelope(meta_raw)
+        # A stream may stay open for minutes: hold nothing it no longer needs (the
+        # request body and an image in it, the job, an encoder's oversized buffer).
+        del body, req, image, turn, begun, job, meta, meta_raw
         if streaming:
             return await relay(
                 request,
                 svc,
                 sub,
-                conversation_id=turn.conversation_id,
+                conversation_id=conversation_id,
                 provider=provider,
                 after_seq=-1,
-                first=decode_envelope(meta_raw),
+                first=first,
             )
-        return await collect(svc, sub, after_seq=0, conversation_id=turn.conversation_id)
+        return await collect(svc, sub, after_seq=0, conversation_id=conversation_id)
 
 
 async def _abandon(
