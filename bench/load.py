@@ -66,22 +66,34 @@ def parse_sse(body: bytes) -> list[tuple[str, str]]:
     return events
 
 
+async def _stream(
+    http: aiohttp.ClientSession,
+    url: str,
+    body: dict[str, Any],
+    auth: str,
+    first: re.Pattern[bytes],
+) -> tuple[bytes, float, float] | Turn:
+    """POST and read the whole stream: (body, TTFT, total seconds), or a failed Turn."""
+    started = time.perf_counter()
+    try:
+        async with http.post(url, json=body, headers={"Authorization": auth}) as resp:
+            if resp.status != 200:
+                return Turn(0.0, time.perf_counter() - started, 0, f"HTTP {resp.status}")
+            raw, ttft = await _read(resp, first, started)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return Turn(0.0, time.perf_counter() - started, 0, type(exc).__name__)
+    return raw, ttft, time.perf_counter() - started
+
+
 async def parley_turn(
     http: aiohttp.ClientSession, url: str, auth: str, text: str, expect: int
 ) -> Turn:
-    started = time.perf_counter()
-    try:
-        async with http.post(
-            f"{url}/api/chat/stream",
-            json={"text": text, "provider": "groq"},
-            headers={"Authorization": auth},
-        ) as resp:
-            if resp.status != 200:
-                return Turn(0.0, time.perf_counter() - started, 0, f"HTTP {resp.status}")
-            body, ttft = await _read(resp, FIRST_PARLEY, started)
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        return Turn(0.0, time.perf_counter() - started, 0, type(exc).__name__)
-    total = time.perf_counter() - started
+    got = await _stream(
+        http, f"{url}/api/chat/stream", {"text": text, "provider": "groq"}, auth, FIRST_PARLEY
+    )
+    if isinstance(got, Turn):
+        return got
+    body, ttft, total = got
     events = parse_sse(body)
     deltas = sum(1 for etype, _ in events if etype == "assistant")
     if not events or events[-1][0] != "done":
@@ -95,23 +107,17 @@ async def parley_turn(
 
 async def direct_turn(http: aiohttp.ClientSession, sim_url: str, text: str, expect: int) -> Turn:
     """The baseline: the same streamed completion, asked of the simulator directly."""
-    started = time.perf_counter()
-    try:
-        async with http.post(
-            f"{sim_url}/openai/v1/chat/completions",
-            json={
-                "model": "sim-model",
-                "stream": True,
-                "messages": [{"role": "user", "content": text}],
-            },
-            headers={"Authorization": "Bearer sim-key"},
-        ) as resp:
-            if resp.status != 200:
-                return Turn(0.0, time.perf_counter() - started, 0, f"HTTP {resp.status}")
-            body, ttft = await _read(resp, FIRST_DIRECT, started)
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        return Turn(0.0, time.perf_counter() - started, 0, type(exc).__name__)
-    total = time.perf_counter() - started
+    request = {
+        "model": "sim-model",
+        "stream": True,
+        "messages": [{"role": "user", "content": text}],
+    }
+    got = await _stream(
+        http, f"{sim_url}/openai/v1/chat/completions", request, "Bearer sim-key", FIRST_DIRECT
+    )
+    if isinstance(got, Turn):
+        return got
+    body, ttft, total = got
     deltas = 0
     for line in body.split(b"\n"):
         if line.startswith(b"data: {") and b'"content":"' in line and b'"content":""' not in line:

@@ -15,17 +15,15 @@ import sys
 import time
 
 import orjson
-import redis.asyncio as aioredis
 from parley_common.events import JobEvents
 from parley_common.schemas import DoneEvent
 from parley_common.schemas.events import encode_delta, encode_envelope
+from parley_common.settings import CommonSettings
 from parley_common.topology import Topology
 
 
 async def publish(url: str, namespace: str, deltas: int, batch: int, jobs: list[str]) -> None:
-    redis = aioredis.Redis(
-        connection_pool=aioredis.BlockingConnectionPool.from_url(url, max_connections=64)
-    )
+    redis = CommonSettings(redis_url=url).redis_client()
     events = JobEvents(redis, Topology(namespace), ttl_seconds=600)
     started = time.perf_counter()
     messages = 0

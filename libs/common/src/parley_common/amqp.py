@@ -121,36 +121,27 @@ async def open_channel(
 
 def job_message(job: ChatJob) -> aio_pika.Message:
     """A chat job as its AMQP message (persistent, typed, with tracing headers)."""
-    return aio_pika.Message(
-        body=job.model_dump_json().encode(),
-        content_type="application/json",
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        message_id=job.job_id,
-        correlation_id=job.conversation_id,
-        type=JOB_TYPE,
-        headers={
-            "request_id": job.request_id,
-            "schema_version": job.v,
-            "user_id": job.user_id,
-            "provider": job.provider,
-        },
-    )
+    return _message(job, JOB_TYPE)
 
 
 def result_message(result: TurnResult) -> aio_pika.Message:
     """A turn result as its AMQP message (the same tracing headers as its job)."""
+    return _message(result, TURN_TYPE)
+
+
+def _message(payload: ChatJob | TurnResult, type_: str) -> aio_pika.Message:
     return aio_pika.Message(
-        body=result.model_dump_json().encode(),
+        body=payload.model_dump_json().encode(),
         content_type="application/json",
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        message_id=result.job_id,
-        correlation_id=result.conversation_id,
-        type=TURN_TYPE,
+        message_id=payload.job_id,
+        correlation_id=payload.conversation_id,
+        type=type_,
         headers={
-            "request_id": result.request_id,
-            "schema_version": result.v,
-            "user_id": result.user_id,
-            "provider": result.provider,
+            "request_id": payload.request_id,
+            "schema_version": payload.v,
+            "user_id": payload.user_id,
+            "provider": payload.provider,
         },
     )
 

@@ -1,4 +1,5 @@
-"""The `openai` SDK's exceptions as `ProviderError` (shared by Chat Completions and Responses)."""
+"""The `openai` SDK's client and its exceptions as `ProviderError` (shared by Chat
+Completions and Responses)."""
 
 from __future__ import annotations
 
