@@ -160,19 +160,26 @@ class Run:
         }
 
 
-async def closed_loop(concurrency: int, turns: int, one: Callable[[int], Awaitable[Turn]]) -> Run:
+async def closed_loop(
+    concurrency: int, turns: int, one: Callable[[int], Awaitable[Turn]], ramp: float = 0.0
+) -> Run:
+    """`ramp`: the clients start evenly spread over that many seconds (client k after
+    k * ramp / concurrency), as users arrive, rather than all in the same
+    millisecond; with a ramp of one turn's length they then stay spread out."""
     run = Run()
     started_turns = 0
 
-    async def client() -> None:
+    async def client(k: int) -> None:
         nonlocal started_turns
+        if ramp:
+            await asyncio.sleep(k * ramp / concurrency)
         while started_turns < turns:
             i = started_turns
             started_turns += 1
             run.turns.append(await one(i))
 
     started = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(concurrency)))
+    await asyncio.gather(*(client(k) for k in range(concurrency)))
     run.seconds = time.perf_counter() - started
     return run
 

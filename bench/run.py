@@ -98,6 +98,9 @@ async def turns_scenario(
     profile: Path | None = None,
 ) -> dict[str, Any]:
     text = directives(tokens, delay_ms)
+    # Clients start spread over one reply's length (see closed_loop), for Parley and
+    # for the baseline alike.
+    ramp = tokens * delay_ms / 1000
     auths = [f"Bearer {token(f'bench-{label}-{i}')}" for i in range(concurrency)]
     async with session(concurrency + 4) as http:
         # Warm up connections, SDK clients and the servers' caches.
@@ -107,7 +110,7 @@ async def turns_scenario(
             lambda i: parley_turn(http, stack.url, auths[i % len(auths)], text, tokens),
         )
         base = await closed_loop(
-            concurrency, turns, lambda i: direct_turn(http, stack.sim_url, text, tokens)
+            concurrency, turns, lambda i: direct_turn(http, stack.sim_url, text, tokens), ramp
         )
         profiler: contextlib.AbstractAsyncContextManager[object] = contextlib.nullcontext()
         if profile is not None:
@@ -119,6 +122,7 @@ async def turns_scenario(
                 concurrency,
                 turns,
                 lambda i: parley_turn(http, stack.url, auths[i % len(auths)], text, tokens),
+                ramp,
             )
             cpu = cpu_delta(before, stack.cpu())
     parley, direct = run.summary(), base.summary()
