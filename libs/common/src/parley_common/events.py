@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from parley_common.schemas.events import EventEnvelope, decode_envelope
 from parley_common.topology import Topology
@@ -34,6 +35,17 @@ class JobEvents:
         self._topo = topo
         self._ttl = ttl_seconds
         self._append = redis.register_script(_APPEND_AND_PUBLISH)
+        # Every EventBatch of this process publishes through it.
+        self.flusher = Flusher(redis)
+
+    def script_keys(self, job_id: str) -> list[str | int]:
+        """The append script's key and leading arguments for `job_id`'s events."""
+        return [
+            self._topo.job_log(job_id),
+            self._topo.job_channel(job_id),
+            MAX_LOG_EVENTS,
+            self._ttl,
+        ]
 
     async def publish(self, job_id: str, raw: bytes) -> None:
         await self.publish_many(job_id, [raw])
@@ -63,74 +75,167 @@ class JobEvents:
 
 
 class EventBatch:
-    """One job's events, published in order, in batches: one Redis round trip (and
-    one channel message, one wake-up and one write per reading gateway) per batch
-    rather than per token.
+    """One job's events, published in order, in batches: one channel message (one
+    wake-up and one write per reading gateway) per batch rather than per token.
 
     The first event after a quiet spell goes out at once (time to first token is
-    not delayed); events that follow within `window` seconds of a publish wait for
-    the window to pass and go out together. `window=0` publishes whatever arrived
-    while the previous publish was in flight. Publishing never waits on Redis
-    unless `MAX_PENDING` events are queued. `flush()` publishes what is pending at
-    once and returns when everything is out (raising what a failed publish raised).
+    not delayed); events that follow within `window` seconds of a publish wait, at
+    most `window`, and go out together. `window=0` publishes whatever arrived while
+    the previous publish was in flight. Publishing never waits on Redis unless
+    `MAX_PENDING` events are queued. `flush()` publishes what is pending at once and
+    returns when everything is out (raising what a failed publish raised).
+
+    The batches of every job of the process go to Redis through one `Flusher`: the
+    ones due at the same moment share one pipelined write (module docstring).
     """
 
     MAX_PENDING = 512
 
     def __init__(self, events: JobEvents, job_id: str, window: float = 0.0) -> None:
-        self._events = events
-        self._job_id = job_id
-        self._window = window
-        self._pending: list[bytes] = []
-        self._task: asyncio.Task[None] | None = None
-        self._error: BaseException | None = None
-        self._last_publish = float("-inf")
-        self._urgent = False
-        self._wakeup: asyncio.Future[None] | None = None
+        self._flusher = events.flusher
+        self.keys_and_args = events.script_keys(job_id)
+        self.window = window
+        self.pending: list[bytes] = []
+        # Sent, waiting for Redis's answer.
+        self.in_flight = False
+        # In the flusher's queue (due now, or at a time slot).
+        self.queued = False
+        self.error: BaseException | None = None
+        self.last_publish = float("-inf")
+        self._idle: asyncio.Future[None] | None = None
 
     async def publish(self, raw: bytes) -> None:
-        if self._error is not None:
-            raise self._error
-        self._pending.append(raw)
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._drain())
-        if len(self._pending) >= self.MAX_PENDING:
+        if self.error is not None:
+            raise self.error
+        self.pending.append(raw)
+        if not self.queued and not self.in_flight:
+            self._flusher.schedule(self)
+        if len(self.pending) >= self.MAX_PENDING:
             await self.flush()
 
-    async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._pending:
-            wait = self._last_publish + self._window - loop.time()
-            if wait > 0 and not self._urgent:
-                self._wakeup = wakeup = loop.create_future()
-                timer = loop.call_later(wait, _wake, wakeup)
-                try:
-                    await wakeup
-                finally:
-                    timer.cancel()
-                    self._wakeup = None
-            batch, self._pending = self._pending, []
-            self._last_publish = loop.time()
-            try:
-                await self._events.publish_many(self._job_id, batch)
-            except Exception as exc:  # surfaced by the next publish() or flush()
-                self._error = exc
-                self._pending.clear()
-                return
-
     async def flush(self) -> None:
-        self._urgent = True
-        if self._wakeup is not None:
-            _wake(self._wakeup)
+        while self.pending or self.in_flight:
+            if self.error is not None:
+                break
+            if self.pending and not self.in_flight:
+                self._flusher.schedule(self, now=True)
+            if self._idle is None or self._idle.done():
+                self._idle = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._idle)
+        if self.error is not None:
+            raise self.error
+
+    def sent(self, error: BaseException | None) -> None:
+        """Called by the flusher when Redis has answered for this batch's last send."""
+        self.in_flight = False
+        if error is not None:
+            self.error = error
+            self.pending.clear()
+        if self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
+        if self.pending and self.error is None:
+            self._flusher.schedule(self)
+
+
+class Flusher:
+    """Sends due batches, of every job, in one pipelined round trip; one round trip
+    at a time, so a job's batches reach Redis in order, and whatever becomes due
+    meanwhile goes in the next one.
+
+    A batch whose window has passed is due at once; one still inside its window is
+    due when the window ends, rounded down to a grid of half a window so that the
+    batches of concurrent streams fall due together (never later than the window).
+    """
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+        self._sha = ""
+        # Due now, in the order they fell due (a dict as an ordered set).
+        self._due: dict[EventBatch, None] = {}
+        self._slots: dict[float, list[EventBatch]] = {}
+        self._sender: asyncio.Task[None] | None = None
+
+    def schedule(self, batch: EventBatch, now: bool = False) -> None:
+        loop = asyncio.get_running_loop()
+        t = loop.time()
+        due = batch.last_publish + batch.window
+        if now or due <= t or batch.window <= 0:
+            # (One waiting for a slot may be due now: flush. The slot skips it then.)
+            batch.queued = True
+            self._due[batch] = None
+            self._kick()
+            return
+        if batch.queued:
+            return
+        grid = batch.window / 2
+        slot = due - (due % grid) if grid > 0 else due
+        slot = max(slot, t)
+        batch.queued = True
+        group = self._slots.get(slot)
+        if group is None:
+            self._slots[slot] = group = []
+            loop.call_at(slot, self._release, slot)
+        group.append(batch)
+
+    def _release(self, slot: float) -> None:
+        for batch in self._slots.pop(slot, ()):
+            if batch.queued:
+                self._due[batch] = None
+        self._kick()
+
+    def _kick(self) -> None:
+        if self._due and (self._sender is None or self._sender.done()):
+            self._sender = asyncio.create_task(self._send_all(), name="event-flusher")
+
+    async def _send_all(self) -> None:
+        while self._due:
+            due, self._due = self._due, {}
+            batches = []
+            for batch in due:
+                batch.queued = False
+                if batch.pending and not batch.in_flight:
+                    batches.append(batch)
+            if batches:
+                await self._send(batches)
+
+    async def _send(self, batches: list[EventBatch]) -> None:
+        now = asyncio.get_running_loop().time()
+        payloads = []
+        for batch in batches:
+            payloads.append(batch.pending)
+            batch.pending = []
+            batch.in_flight = True
+            batch.last_publish = now
+        results: list[object]
         try:
-            if self._task is not None:
-                await asyncio.shield(self._task)
-        finally:
-            self._urgent = False
-        if self._error is not None:
-            raise self._error
+            results = await self._execute(batches, payloads)
+        except BaseException as exc:
+            for batch in batches:
+                batch.sent(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for batch, result in zip(batches, results, strict=True):
+            batch.sent(result if isinstance(result, BaseException) else None)
 
-
-def _wake(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+    async def _execute(
+        self, batches: list[EventBatch], payloads: list[list[bytes]]
+    ) -> list[object]:
+        """One pipelined round trip: every batch's append-and-publish script call."""
+        if not self._sha:
+            self._sha = await self._redis.script_load(_APPEND_AND_PUBLISH)
+        results: list[object] = [None] * len(batches)
+        todo = list(range(len(batches)))
+        for attempt in range(2):
+            pipe = self._redis.pipeline(transaction=False)
+            for i in todo:
+                pipe.evalsha(self._sha, 1, *batches[i].keys_and_args, *payloads[i])
+            answers = await pipe.execute(raise_on_error=False)
+            for i, answer in zip(todo, answers, strict=True):
+                results[i] = answer
+            todo = [i for i in todo if isinstance(results[i], NoScriptError)]
+            if not todo or attempt:
+                break
+            # Redis restarted (or flushed its scripts) since the script was loaded.
+            self._sha = await self._redis.script_load(_APPEND_AND_PUBLISH)
+        return results
