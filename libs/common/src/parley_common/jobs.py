@@ -28,9 +28,25 @@ class JobMeta:
     started_at: float
 
 
+# KEYS[1] the job's entry, KEYS[2] its conversation's active set; ARGV: job id, entry
+# TTL. Marks the job finished even before its entry is written (see `register`).
 _FINISH = """
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'state', 'finished') end
+redis.call('HSET', KEYS[1], 'state', 'finished')
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
 redis.call('SREM', KEYS[2], ARGV[1])
+return 1
+"""
+
+# KEYS as _FINISH; ARGV: job id, user id, conversation id, provider, started at, entry
+# TTL, active-set TTL. A job already marked finished stays finished and unlisted.
+_REGISTER = """
+redis.call('HSET', KEYS[1], 'user_id', ARGV[2], 'conversation_id', ARGV[3],
+           'provider', ARGV[4], 'started_at', ARGV[5])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
+if redis.call('HSETNX', KEYS[1], 'state', 'running') == 1 then
+  redis.call('SADD', KEYS[2], ARGV[1])
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[7]))
+end
 return 1
 """
 
@@ -43,37 +59,33 @@ class JobRegistry:
     def __init__(self, redis: aioredis.Redis, topo: Topology) -> None:
         self._redis = redis
         self._topo = topo
+        self._register = redis.register_script(_REGISTER)
+        self._finish = redis.register_script(_FINISH)
 
     async def register(
         self, job_id: str, user_id: str, conversation_id: str, provider: str, active_ttl: int
     ) -> None:
-        meta = self._topo.job_meta(job_id)
-        active = self._topo.conversation_jobs(conversation_id)
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.hset(
-            meta,
-            mapping={
-                "user_id": user_id,
-                "conversation_id": conversation_id,
-                "provider": provider,
-                "state": "running",
-                "started_at": f"{time.time():.3f}",
-            },
+        """List the job as running. The gateway writes this while the job is being
+        queued, so a job that fails at once may be finished first: `register` and
+        `finish` give the same end state in either order."""
+        await self._register(
+            keys=[self._topo.job_meta(job_id), self._topo.conversation_jobs(conversation_id)],
+            args=[
+                job_id,
+                user_id,
+                conversation_id,
+                provider,
+                f"{time.time():.3f}",
+                META_TTL,
+                active_ttl,
+            ],
         )
-        pipe.expire(meta, META_TTL)
-        pipe.sadd(active, job_id)
-        pipe.expire(active, active_ttl)
-        await pipe.execute()
 
     async def finish(self, job_id: str, conversation_id: str) -> None:
-        """Mark the job finished (only if its entry still exists: an expired entry is
-        not brought back as a key without an expiry) and drop it from the active set."""
-        await self._redis.eval(
-            _FINISH,
-            2,
-            self._topo.job_meta(job_id),
-            self._topo.conversation_jobs(conversation_id),
-            job_id,
+        """Mark the job finished and drop it from its conversation's active set."""
+        await self._finish(
+            keys=[self._topo.job_meta(job_id), self._topo.conversation_jobs(conversation_id)],
+            args=[job_id, META_TTL],
         )
 
     async def get(self, job_id: str) -> JobMeta | None:

@@ -274,15 +274,28 @@ class Worker:
         assert self._registry is not None
         if time.time() > job.deadline:
             return self._runner.expired(job, provider.name)
-        if await self._registry.cancel_requested(job.job_id):
-            return self._runner.result(
-                job,
-                provider.name,
-                TurnStatus.cancelled,
-                error="the reply was cancelled",
-                code="cancelled",
-                last_seq=job.start_seq,
-            )
+        # Cancelled while it waited in the queue? Asked while the turn starts rather
+        # than before (time to first token does not wait for Redis): a yes sets the
+        # same signal a live cancel does, and the turn ends `cancelled` at once.
+        queued_cancel = asyncio.create_task(self._cancelled_while_queued(job.job_id, cancel))
+        try:
+            return await self._start(job, provider, cancel, redelivered=redelivered)
+        finally:
+            queued_cancel.cancel()
+
+    async def _cancelled_while_queued(self, job_id: str, cancel: asyncio.Event) -> None:
+        assert self._registry is not None
+        try:
+            if await self._registry.cancel_requested(job_id):
+                log.info("job.cancelled_while_queued")
+                cancel.set()
+        except (RedisError, OSError) as exc:  # live cancels still arrive by pub/sub
+            log.warning("job.cancel_check_failed", error_type=type(exc).__name__)
+
+    async def _start(
+        self, job: ChatJob, provider: Provider, cancel: asyncio.Event, *, redelivered: bool
+    ) -> TurnResult | None:
+        assert self._runner is not None and self._events is not None
         start_seq = job.start_seq
         if redelivered:
             # An earlier attempt died. What it streamed has reached clients and cannot

@@ -127,24 +127,32 @@ async def chat(request: web.Request) -> web.StreamResponse:
         )
         meta = MetaEvent(conversation_id=turn.conversation_id, provider=provider, job_id=job_id)
         meta_raw = encode_envelope(0, meta)
-        try:
-            if isinstance(subscribed, BaseException):
-                raise subscribed
-            sub = subscribed
-            # The meta event opens the job's replay log, so a resumed stream has it too;
-            # both before the job is queued, so no worker can run it unlisted.
-            await asyncio.gather(
-                svc.registry.register(
-                    job_id, user_id, turn.conversation_id, provider, active_ttl=_active_ttl(svc)
-                ),
-                svc.hub.log.publish(job_id, meta_raw),
-            )
-            await svc.publisher.publish(job)
-        except Exception as exc:
-            if idem_key is not None:
-                await svc.idempotency.release(user_id, idem_key, job_id)
-            await _abandon(svc, user_id, request_id, job, exc)
-            raise
+        if isinstance(subscribed, BaseException):
+            await _not_queued(svc, user_id, request_id, idem_key, job, subscribed)
+            raise subscribed
+        sub = subscribed
+        # Listed as running, its replay log opened with the meta event (so a resumed
+        # stream has it too), and queued: three writes at once. A worker's first
+        # event comes after its provider answers, long after the first two; the
+        # registry gives the same end state whichever of `register` and `finish`
+        # comes first (a job that fails at once).
+        queued, listed, opened = await asyncio.gather(
+            svc.publisher.publish(job),
+            svc.registry.register(
+                job_id, user_id, turn.conversation_id, provider, active_ttl=_active_ttl(svc)
+            ),
+            svc.hub.log.publish(job_id, meta_raw),
+            return_exceptions=True,
+        )
+        failed = next((r for r in (queued, listed, opened) if isinstance(r, BaseException)), None)
+        if failed is not None:
+            if not isinstance(queued, BaseException):
+                # Queued but not listed (Redis failed): stop it before a worker runs it
+                # for a client that is told it failed.
+                with contextlib.suppress(RedisError):
+                    await svc.registry.request_cancel(job_id, svc.settings.job_deadline_seconds)
+            await _not_queued(svc, user_id, request_id, idem_key, job, failed)
+            raise failed
         JOBS_PUBLISHED.labels(provider).inc()
         log.info("chat.accepted", stream=streaming)
         conversation_id = turn.conversation_id
@@ -165,8 +173,22 @@ async def chat(request: web.Request) -> web.StreamResponse:
         return await collect(svc, sub, after_seq=0, conversation_id=conversation_id)
 
 
+async def _not_queued(
+    svc: Services,
+    user_id: str,
+    request_id: str,
+    idem_key: str | None,
+    job: ChatJob,
+    exc: BaseException,
+) -> None:
+    """A begun turn that could not be started: free its Idempotency-Key, record why."""
+    if idem_key is not None:
+        await svc.idempotency.release(user_id, idem_key, job.job_id)
+    await _abandon(svc, user_id, request_id, job, exc)
+
+
 async def _abandon(
-    svc: Services, user_id: str, request_id: str, job: ChatJob, exc: Exception
+    svc: Services, user_id: str, request_id: str, job: ChatJob, exc: BaseException
 ) -> None:
     """Record that a begun turn was never queued (so the conversation is not left
     locked, and its history says what happened). Best effort: history may be the
