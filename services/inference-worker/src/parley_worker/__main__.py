@@ -11,7 +11,7 @@ import structlog
 from aiohttp import web
 from parley_common.http import add_probe_routes, amqp_connected, request_metrics
 from parley_common.logging import configure_logging
-from parley_common.runtime import loop_factory
+from parley_common.runtime import freeze_startup_heap, loop_factory
 
 from parley_worker.consumer import Worker
 from parley_worker.metrics import REQUEST_SECONDS, REQUESTS
@@ -59,6 +59,7 @@ async def serve(settings: WorkerSettings, providers: list[str]) -> None:
     await runner.setup()
     await web.TCPSite(runner, settings.worker_host, settings.worker_port).start()
     log.info("worker.started", providers=providers, port=settings.worker_port)
+    freeze_startup_heap()  # now with the provider clients (see parley_common.runtime)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
