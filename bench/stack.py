@@ -185,7 +185,8 @@ class BenchStack:
         return out
 
     def cpu(self) -> dict[str, float]:
-        out: dict[str, float] = {}
+        # The load generator (this process) too: it shares the machine's two cores.
+        out: dict[str, float] = {"load_generator": cpu_seconds(os.getpid())}
         for name, pid in self.pids().items():
             try:
                 out[name] = cpu_seconds(pid)
