@@ -72,22 +72,30 @@ class Subscription:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def events(self, after_seq: int = -1) -> AsyncIterator[EventEnvelope]:
+    async def events(
+        self, after_seq: int = -1, *, catch_up: bool = True
+    ) -> AsyncIterator[EventEnvelope]:
         """Events with seq > after_seq, in order, ending after `done` or `error`."""
-        async for batch in self.batches(after_seq):
+        async for batch in self.batches(after_seq, catch_up=catch_up):
             for env in batch:
                 yield env
 
-    async def batches(self, after_seq: int = -1) -> AsyncIterator[list[EventEnvelope]]:
+    async def batches(
+        self, after_seq: int = -1, *, catch_up: bool = True
+    ) -> AsyncIterator[list[EventEnvelope]]:
         """The same events, in the batches they arrived in (so a reader can write each
-        batch at once); the last batch ends with `done` or `error`."""
+        batch at once); the last batch ends with `done` or `error`.
+
+        `catch_up` first reads what was published before this subscription existed,
+        from the replay log; a new turn's stream, subscribed before its job was
+        queued, has nothing there to read but the `meta` event it already holds."""
         last = after_seq
-        # Whatever was published before this subscription existed.
-        out, last, ended = _take(await self.hub.replay(self.job_id, last), last)
-        if out:
-            yield out
-        if ended:
-            return
+        if catch_up:
+            out, last, ended = _take(await self.hub.replay(self.job_id, last), last)
+            if out:
+                yield out
+            if ended:
+                return
         while True:
             if self._stale:
                 self._stale = False
@@ -200,7 +208,8 @@ class EventHub:
         backoff = 0.1
         while True:
             try:
-                msg = await self._pubsub.get_message(timeout=1.0)
+                # Blocking read (no per-message timer): cancellation still ends it.
+                msg = await self._pubsub.get_message(timeout=None)
                 backoff = 0.1
             except asyncio.CancelledError:
                 raise

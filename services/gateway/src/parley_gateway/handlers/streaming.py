@@ -91,7 +91,7 @@ async def relay(
         deadline = asyncio.timeout(terminal_timeout(svc))
         try:
             async with deadline, svc.drain.track(deadline):
-                async for batch in sub.batches(after_seq=after_seq):
+                async for batch in sub.batches(after_seq=after_seq, catch_up=first is None):
                     if waiting_first_token and any(e.type in TOKEN_TYPES for e in batch):
                         FIRST_EVENT_SECONDS.labels(provider).observe(time.perf_counter() - started)
                         waiting_first_token = False
