@@ -5,7 +5,9 @@ as Redis takes them, so that the gateway, not the provider, is the bottleneck.
     python -m bench.publisher REDIS_URL NAMESPACE DELTAS BATCH JOB_ID...
 
 Each job gets DELTAS `assistant` events (seq 1…DELTAS, after the gateway's `meta`),
-published BATCH at a time, then a `done`. Prints one JSON line of what it did.
+published BATCH at a time through the job's `EventBatch` (the worker's own path: the
+process's flusher sends what every job has due in one pipelined round trip), then a
+`done`. Prints one JSON line of what it did.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 import time
 
 import orjson
-from parley_common.events import JobEvents
+from parley_common.events import EventBatch, JobEvents
 from parley_common.schemas import DoneEvent
 from parley_common.schemas.events import encode_delta, encode_envelope
 from parley_common.settings import CommonSettings
@@ -30,15 +32,14 @@ async def publish(url: str, namespace: str, deltas: int, batch: int, jobs: list[
 
     async def one(job_id: str) -> None:
         nonlocal messages
+        out = EventBatch(events, job_id)
         seq = 1
         while seq <= deltas:
-            raws = [
-                encode_delta(s, "assistant", f"w{s} ")
-                for s in range(seq, min(seq + batch, deltas + 1))
-            ]
-            await events.publish_many(job_id, raws)
+            for s in range(seq, min(seq + batch, deltas + 1)):
+                await out.publish(encode_delta(s, "assistant", f"w{s} "))
+                seq += 1
+            await out.flush()
             messages += 1
-            seq += len(raws)
         reply = "".join(f"w{s} " for s in range(1, deltas + 1))
         done = DoneEvent(
             reply=reply, conversation_id="bench", provider="groq", message_id="bench", model="sim"
