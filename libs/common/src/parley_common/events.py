@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
 from parley_common.schemas.events import EventEnvelope, decode_envelope
@@ -57,6 +58,15 @@ class JobEvents:
             keys=[self._topo.job_log(job_id)],
             args=[self._topo.job_channel(job_id), MAX_LOG_EVENTS, self._ttl, *raws],
         )
+
+    def pipeline(self) -> Pipeline:
+        """A pipeline on this Redis, for `publish_in` and the registry's `*_in`."""
+        return self._redis.pipeline(transaction=False)
+
+    def publish_in(self, pipe: Pipeline, job_id: str, raws: list[bytes]) -> None:
+        """Queue the same on `pipe`, so that it shares a round trip with other
+        commands (the script's text goes along: nothing to reload after a restart)."""
+        pipe.eval(_APPEND_AND_PUBLISH, 1, *self.script_keys(job_id), *raws)
 
     async def replay(self, job_id: str, after_seq: int = -1) -> list[EventEnvelope]:
         raws = await self._redis.lrange(self._topo.job_log(job_id), 0, -1)

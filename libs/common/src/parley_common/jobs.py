@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from parley_common.topology import Topology
 
@@ -59,8 +60,6 @@ class JobRegistry:
     def __init__(self, redis: aioredis.Redis, topo: Topology) -> None:
         self._redis = redis
         self._topo = topo
-        self._register = redis.register_script(_REGISTER)
-        self._finish = redis.register_script(_FINISH)
 
     async def register(
         self, job_id: str, user_id: str, conversation_id: str, provider: str, active_ttl: int
@@ -68,24 +67,49 @@ class JobRegistry:
         """List the job as running. The gateway writes this while the job is being
         queued, so a job that fails at once may be finished first: `register` and
         `finish` give the same end state in either order."""
-        await self._register(
-            keys=[self._topo.job_meta(job_id), self._topo.conversation_jobs(conversation_id)],
-            args=[
-                job_id,
-                user_id,
-                conversation_id,
-                provider,
-                f"{time.time():.3f}",
-                META_TTL,
-                active_ttl,
-            ],
+        pipe = self._redis.pipeline(transaction=False)
+        self.register_in(pipe, job_id, user_id, conversation_id, provider, active_ttl)
+        await pipe.execute()
+
+    def register_in(
+        self,
+        pipe: Pipeline,
+        job_id: str,
+        user_id: str,
+        conversation_id: str,
+        provider: str,
+        active_ttl: int,
+    ) -> None:
+        """`register`, queued on `pipe` (to share a round trip with other commands)."""
+        pipe.eval(
+            _REGISTER,
+            2,
+            self._topo.job_meta(job_id),
+            self._topo.conversation_jobs(conversation_id),
+            job_id,
+            user_id,
+            conversation_id,
+            provider,
+            f"{time.time():.3f}",
+            META_TTL,
+            active_ttl,
         )
 
     async def finish(self, job_id: str, conversation_id: str) -> None:
         """Mark the job finished and drop it from its conversation's active set."""
-        await self._finish(
-            keys=[self._topo.job_meta(job_id), self._topo.conversation_jobs(conversation_id)],
-            args=[job_id, META_TTL],
+        pipe = self._redis.pipeline(transaction=False)
+        self.finish_in(pipe, job_id, conversation_id)
+        await pipe.execute()
+
+    def finish_in(self, pipe: Pipeline, job_id: str, conversation_id: str) -> None:
+        """`finish`, queued on `pipe`."""
+        pipe.eval(
+            _FINISH,
+            2,
+            self._topo.job_meta(job_id),
+            self._topo.conversation_jobs(conversation_id),
+            job_id,
+            META_TTL,
         )
 
     async def get(self, job_id: str) -> JobMeta | None:

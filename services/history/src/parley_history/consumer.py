@@ -201,8 +201,11 @@ class TurnConsumer:
                 code=result.error_code or result.status.value,
                 message_id=message_id,
             )
-        await self._events.publish(result.job_id, encode_envelope(seq, event))
-        await self._registry.finish(result.job_id, result.conversation_id)
+        # The result's event, then the registry: in order, in one round trip.
+        pipe = self._events.pipeline()
+        self._events.publish_in(pipe, result.job_id, [encode_envelope(seq, event)])
+        self._registry.finish_in(pipe, result.job_id, result.conversation_id)
+        await pipe.execute()
         log.info(
             "turn.saved",
             status=result.status.value,

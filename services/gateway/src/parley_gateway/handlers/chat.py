@@ -136,15 +136,15 @@ async def chat(request: web.Request) -> web.StreamResponse:
         # event comes after its provider answers, long after the first two; the
         # registry gives the same end state whichever of `register` and `finish`
         # comes first (a job that fails at once).
-        queued, listed, opened = await asyncio.gather(
-            svc.publisher.publish(job),
-            svc.registry.register(
-                job_id, user_id, turn.conversation_id, provider, active_ttl=_active_ttl(svc)
-            ),
-            svc.hub.log.publish(job_id, meta_raw),
-            return_exceptions=True,
+        listing = svc.hub.log.pipeline()  # both in one round trip
+        svc.registry.register_in(
+            listing, job_id, user_id, turn.conversation_id, provider, _active_ttl(svc)
         )
-        failed = next((r for r in (queued, listed, opened) if isinstance(r, BaseException)), None)
+        svc.hub.log.publish_in(listing, job_id, [meta_raw])
+        queued, listed = await asyncio.gather(
+            svc.publisher.publish(job), listing.execute(), return_exceptions=True
+        )
+        failed = next((r for r in (queued, listed) if isinstance(r, BaseException)), None)
         if failed is not None:
             if not isinstance(queued, BaseException):
                 # Queued but not listed (Redis failed): stop it before a worker runs it
