@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import jwt
 import pytest
+import redis.asyncio as aioredis
+from parley_common.events import JobEvents
+from parley_common.topology import Topology
 
 from tests.support.infra import Infra
 from tests.support.stack import JWT_SECRET, Stack
@@ -182,3 +186,44 @@ async def test_429_before_first_token_is_retried_honouring_retry_after(stack: St
     assert res.last.data["reply"] == "Echo: again"
     ids = [int(e.id or -1) for e in res.events]
     assert ids == list(range(len(ids)))
+
+
+async def test_a_turn_queued_but_not_listed_is_cancelled_and_answered_503(stack: Stack):
+    # The job is queued while its registry entry is written. Here Redis refuses the
+    # entry (the conversation's active-job set is a key of the wrong type) after the
+    # job was queued: the client gets 503, the job is cancelled rather than answered
+    # for nobody, and the conversation keeps one reply saying why.
+    who = "user-unlisted"
+    conv = f"{who}:web:conv-unlisted"
+    topo = Topology(stack.namespace)
+    redis = aioredis.from_url(stack.infra.redis_url)
+    await redis.set(topo.conversation_jobs(conv), b"not a set")
+    pubsub = redis.pubsub()
+    try:
+        res = await stack.chat(
+            who,
+            {"text": "hello [[sim:hang]]", "conversation_id": conv, "provider": "groq"},
+            stream=False,
+        )
+        assert res.status == 503, res.raw
+        assert res.json is not None and res.json["code"] == "events_down"
+        docs = await stack.messages_in_db(conv)
+        job_id = docs[0]["job_id"]
+        # The worker ends the job (cancelled); history then announces what it holds.
+        await pubsub.subscribe(topo.job_channel(job_id))
+        events = JobEvents(redis, topo, ttl_seconds=60)
+        async with asyncio.timeout(10):
+            while not any(e.terminal for e in await events.replay(job_id)):
+                await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+        final = [e for e in await events.replay(job_id) if e.terminal]
+        assert [(e.type, e.payload().get("code")) for e in final] == [("error", "job_not_queued")]
+        docs = await stack.messages_in_db(conv)
+        assert [(d["role"], d["status"]) for d in docs] == [
+            ("user", "complete"),
+            ("assistant", "error"),
+        ]
+        assert docs[1]["error_code"] == "job_not_queued"
+        assert stack.sim.open_streams == 0  # no provider call left hanging
+    finally:
+        await pubsub.aclose()
+        await redis.aclose()

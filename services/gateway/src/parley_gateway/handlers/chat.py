@@ -16,7 +16,7 @@ from parley_common.schemas.events import encode_envelope
 from redis.exceptions import RedisError
 
 from parley_gateway.context import Services, services
-from parley_gateway.errors import ApiError, BadRequest, Forbidden
+from parley_gateway.errors import ApiError, BadRequest, Forbidden, Unavailable
 from parley_gateway.handlers.streaming import collect, relay
 from parley_gateway.images import ImageLimits, validate_image
 from parley_gateway.metrics import JOBS_PUBLISHED
@@ -129,7 +129,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         meta_raw = encode_envelope(0, meta)
         if isinstance(subscribed, BaseException):
             await _not_queued(svc, user_id, request_id, idem_key, job, subscribed)
-            raise subscribed
+            raise _as_api_error(subscribed)
         sub = subscribed
         # Listed as running, its replay log opened with the meta event (so a resumed
         # stream has it too), and queued: three writes at once. A worker's first
@@ -152,7 +152,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
                 with contextlib.suppress(RedisError):
                     await svc.registry.request_cancel(job_id, svc.settings.job_deadline_seconds)
             await _not_queued(svc, user_id, request_id, idem_key, job, failed)
-            raise failed
+            raise _as_api_error(failed)
         JOBS_PUBLISHED.labels(provider).inc()
         log.info("chat.accepted", stream=streaming)
         conversation_id = turn.conversation_id
@@ -171,6 +171,16 @@ async def chat(request: web.Request) -> web.StreamResponse:
                 first=first,
             )
         return await collect(svc, sub, after_seq=0, conversation_id=conversation_id)
+
+
+def _as_api_error(exc: BaseException) -> BaseException:
+    """Redis failing while a turn starts is an outage of a dependency: 503, not 500."""
+    if isinstance(exc, (RedisError, OSError)):
+        log.error("chat.events_unavailable", error_type=type(exc).__name__)
+        err = Unavailable("the event stream store is unavailable", code="events_down")
+        err.__cause__ = exc
+        return err
+    return exc
 
 
 async def _not_queued(
