@@ -425,3 +425,33 @@ async def test_cancel_on_disconnect_stops_the_provider_and_saves_partial(infra: 
         assert docs[-1]["content"].endswith(streamed) and len(docs[-1]["content"]) < len(text)
     finally:
         await stack.stop()
+
+
+async def test_a_job_cancelled_while_queued_is_never_answered(infra: Infra):
+    # No worker yet: the job waits in its queue, and the client cancels it there. The
+    # worker that takes it later sees the cancel (checked alongside the provider call)
+    # and ends the turn `cancelled`, with no reply text and no provider call left open.
+    stack = await Stack(infra, start_worker=False).start()
+    try:
+        who = user()
+        resp = await open_chat(stack, who, {"text": "never [[sim:hang]]", "provider": "groq"})
+        stream = iter_sse(resp)
+        meta = await anext(stream)
+        async with stack.http.post(
+            f"{stack.url}/api/chat/jobs/{meta.data['job_id']}/cancel", headers=stack.auth(who)
+        ) as r:
+            assert r.status == 202
+        await stack.start_worker_now()
+        async with asyncio.timeout(20):
+            events = [ev async for ev in stream]
+        resp.close()
+        assert [e.event for e in events if e.event != "status"] == ["error"]
+        assert events[-1].data["code"] == "cancelled"
+        docs = await stack.messages_in_db(meta.data["conversation_id"])
+        assert [(d["role"], d["status"], d["content"]) for d in docs] == [
+            ("user", "complete", "never [[sim:hang]]"),
+            ("assistant", "cancelled", ""),
+        ]
+        assert stack.sim.open_streams == 0
+    finally:
+        await stack.stop()
