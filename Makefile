@@ -24,7 +24,7 @@ uv-bootstrap:
 	@$(PYTHON) -m uv --version >/dev/null 2>&1 || \
 	  $(PYTHON) -m pip install --quiet --user uv 2>/dev/null || \
 	  $(PYTHON) -m pip install --quiet uv
-	@$(PYTHON) -m uv --version
+	@$(PYTHON) -m uv --version >&2
 
 $(STAMP): uv.lock pyproject.toml libs/common/pyproject.toml services/*/pyproject.toml tools/*/pyproject.toml | $(UV_BOOTSTRAP)
 	$(UV) sync --frozen --all-packages
