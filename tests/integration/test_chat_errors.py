@@ -8,8 +8,9 @@ import time
 import jwt
 import pytest
 import redis.asyncio as aioredis
-from parley_common.events import JobEvents
+from parley_common.jobs import JobRegistry
 from parley_common.topology import Topology
+from prometheus_client import REGISTRY
 
 from tests.support.infra import Infra
 from tests.support.stack import JWT_SECRET, Stack
@@ -188,18 +189,23 @@ async def test_429_before_first_token_is_retried_honouring_retry_after(stack: St
     assert ids == list(range(len(ids)))
 
 
-async def test_a_turn_queued_but_not_listed_is_cancelled_and_answered_503(stack: Stack):
+async def test_a_turn_queued_but_not_listed_is_cancelled_and_answered_503(infra: Infra):
     # The job is queued while its registry entry is written. Here Redis refuses the
     # entry (the conversation's active-job set is a key of the wrong type) after the
     # job was queued: the client gets 503, the job is cancelled rather than answered
-    # for nobody, and the conversation keeps one reply saying why.
+    # for nobody (the provider call would hang forever otherwise), and the
+    # conversation keeps one reply saying why.
+    stack = await Stack(infra, providers=("groq",), sim_handler_cancellation=True).start()
     who = "user-unlisted"
     conv = f"{who}:web:conv-unlisted"
     topo = Topology(stack.namespace)
-    redis = aioredis.from_url(stack.infra.redis_url)
-    await redis.set(topo.conversation_jobs(conv), b"not a set")
+    redis = aioredis.from_url(infra.redis_url)
+    registry = JobRegistry(redis, topo)
     pubsub = redis.pubsub()
+    cancelled = ("parley_worker_turns_total", {"provider": "groq", "status": "cancelled"})
+    cancelled_before = REGISTRY.get_sample_value(*cancelled) or 0.0
     try:
+        await redis.set(topo.conversation_jobs(conv), b"not a set")
         res = await stack.chat(
             who,
             {"text": "hello [[sim:hang]]", "conversation_id": conv, "provider": "groq"},
@@ -207,23 +213,24 @@ async def test_a_turn_queued_but_not_listed_is_cancelled_and_answered_503(stack:
         )
         assert res.status == 503, res.raw
         assert res.json is not None and res.json["code"] == "events_down"
+        assert res.headers.get("Retry-After")
+        await redis.delete(topo.conversation_jobs(conv))  # Redis is well again
         docs = await stack.messages_in_db(conv)
         job_id = docs[0]["job_id"]
-        # The worker ends the job (cancelled); history then announces what it holds.
+        # The worker ends the job; history then announces what it holds and marks the
+        # job finished (each announcement is a message on the job's channel).
         await pubsub.subscribe(topo.job_channel(job_id))
-        events = JobEvents(redis, topo, ttl_seconds=60)
-        async with asyncio.timeout(10):
-            while not any(e.terminal for e in await events.replay(job_id)):
+        async with asyncio.timeout(15):
+            while (meta := await registry.get(job_id)) is None or meta.state != "finished":
                 await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
-        final = [e for e in await events.replay(job_id) if e.terminal]
-        assert [(e.type, e.payload().get("code")) for e in final] == [("error", "job_not_queued")]
+        assert (REGISTRY.get_sample_value(*cancelled) or 0.0) == cancelled_before + 1
         docs = await stack.messages_in_db(conv)
         assert [(d["role"], d["status"]) for d in docs] == [
             ("user", "complete"),
             ("assistant", "error"),
         ]
         assert docs[1]["error_code"] == "job_not_queued"
-        assert stack.sim.open_streams == 0  # no provider call left hanging
     finally:
         await pubsub.aclose()
         await redis.aclose()
+        await stack.stop()
