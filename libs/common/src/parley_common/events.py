@@ -10,6 +10,7 @@ publish again); readers filter by `seq`.
 from __future__ import annotations
 
 import asyncio
+import bisect
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
@@ -152,9 +153,10 @@ class Flusher:
     at a time, so a job's batches reach Redis in order, and whatever becomes due
     meanwhile goes in the next one.
 
-    A batch whose window has passed is due at once; one still inside its window is
-    due when the window ends, rounded down to a grid of half a window so that the
-    batches of concurrent streams fall due together (never later than the window).
+    A batch whose window has passed is due at once. One still inside its window joins
+    the latest round trip already planned in the last half of its window, else one
+    is planned for when its window ends: the batches of concurrent streams travel
+    together, a lone stream publishes once a window, and none waits longer than it.
     """
 
     def __init__(self, redis: aioredis.Redis) -> None:
@@ -162,6 +164,8 @@ class Flusher:
         self._sha = ""
         # Due now, in the order they fell due (a dict as an ordered set).
         self._due: dict[EventBatch, None] = {}
+        # Planned round trips: when (sorted), and the batches waiting for each.
+        self._times: list[float] = []
         self._slots: dict[float, list[EventBatch]] = {}
         self._sender: asyncio.Task[None] | None = None
 
@@ -177,18 +181,22 @@ class Flusher:
             return
         if batch.queued:
             return
-        grid = batch.window / 2
-        slot = due - (due % grid) if grid > 0 else due
-        slot = max(slot, t)
-        batch.queued = True
-        group = self._slots.get(slot)
-        if group is None:
-            self._slots[slot] = group = []
+        # Join the latest round trip already planned in the half window before this
+        # batch falls due; else plan one for the moment it falls due.
+        i = bisect.bisect_right(self._times, due)
+        if i and self._times[i - 1] >= due - batch.window / 2:
+            slot = self._times[i - 1]
+        else:
+            slot = due
+            bisect.insort(self._times, slot)
+            self._slots[slot] = []
             loop.call_at(slot, self._release, slot)
-        group.append(batch)
+        batch.queued = True
+        self._slots[slot].append(batch)
 
     def _release(self, slot: float) -> None:
-        for batch in self._slots.pop(slot, ()):
+        self._times.remove(slot)
+        for batch in self._slots.pop(slot):
             if batch.queued:
                 self._due[batch] = None
         self._kick()
