@@ -14,7 +14,6 @@ import bisect
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import NoScriptError
 
 from parley_common.schemas.events import EventEnvelope, decode_envelope
 from parley_common.topology import Topology
@@ -36,18 +35,8 @@ class JobEvents:
         self._redis = redis
         self._topo = topo
         self._ttl = ttl_seconds
-        self._append = redis.register_script(_APPEND_AND_PUBLISH)
         # Every EventBatch of this process publishes through it.
-        self.flusher = Flusher(redis)
-
-    def script_keys(self, job_id: str) -> list[str | int]:
-        """The append script's key and leading arguments for `job_id`'s events."""
-        return [
-            self._topo.job_log(job_id),
-            self._topo.job_channel(job_id),
-            MAX_LOG_EVENTS,
-            self._ttl,
-        ]
+        self.flusher = Flusher(self)
 
     async def publish(self, job_id: str, raw: bytes) -> None:
         await self.publish_many(job_id, [raw])
@@ -55,10 +44,9 @@ class JobEvents:
     async def publish_many(self, job_id: str, raws: list[bytes]) -> None:
         if not raws:
             return
-        await self._append(
-            keys=[self._topo.job_log(job_id)],
-            args=[self._topo.job_channel(job_id), MAX_LOG_EVENTS, self._ttl, *raws],
-        )
+        pipe = self.pipeline()
+        self.publish_in(pipe, job_id, raws)
+        await pipe.execute()
 
     def pipeline(self) -> Pipeline:
         """A pipeline on this Redis, for `publish_in` and the registry's `*_in`."""
@@ -67,7 +55,15 @@ class JobEvents:
     def publish_in(self, pipe: Pipeline, job_id: str, raws: list[bytes]) -> None:
         """Queue the same on `pipe`, so that it shares a round trip with other
         commands (the script's text goes along: nothing to reload after a restart)."""
-        pipe.eval(_APPEND_AND_PUBLISH, 1, *self.script_keys(job_id), *raws)
+        pipe.eval(
+            _APPEND_AND_PUBLISH,
+            1,
+            self._topo.job_log(job_id),
+            self._topo.job_channel(job_id),
+            MAX_LOG_EVENTS,
+            self._ttl,
+            *raws,
+        )
 
     async def replay(self, job_id: str, after_seq: int = -1) -> list[EventEnvelope]:
         raws = await self._redis.lrange(self._topo.job_log(job_id), 0, -1)
@@ -104,7 +100,7 @@ class EventBatch:
 
     def __init__(self, events: JobEvents, job_id: str, window: float = 0.0) -> None:
         self._flusher = events.flusher
-        self.keys_and_args = events.script_keys(job_id)
+        self.job_id = job_id
         self.window = window
         self.pending: list[bytes] = []
         # Sent, waiting for Redis's answer.
@@ -159,9 +155,8 @@ class Flusher:
     together, a lone stream publishes once a window, and none waits longer than it.
     """
 
-    def __init__(self, redis: aioredis.Redis) -> None:
-        self._redis = redis
-        self._sha = ""
+    def __init__(self, events: JobEvents) -> None:
+        self._events = events
         # Due now, in the order they fell due (a dict as an ordered set).
         self._due: dict[EventBatch, None] = {}
         # Planned round trips: when (sorted), and the batches waiting for each.
@@ -217,16 +212,18 @@ class Flusher:
                 await self._send(batches)
 
     async def _send(self, batches: list[EventBatch]) -> None:
+        """One pipelined round trip: every batch's append-and-publish script call; a
+        failed call comes back as its batch's error."""
         now = asyncio.get_running_loop().time()
-        payloads = []
+        pipe = self._events.pipeline()
         for batch in batches:
-            payloads.append(batch.pending)
+            self._events.publish_in(pipe, batch.job_id, batch.pending)
             batch.pending = []
             batch.in_flight = True
             batch.last_publish = now
         results: list[object]
         try:
-            results = await self._execute(batches, payloads)
+            results = await pipe.execute(raise_on_error=False)
         except BaseException as exc:
             for batch in batches:
                 batch.sent(exc)
@@ -235,25 +232,3 @@ class Flusher:
             return
         for batch, result in zip(batches, results, strict=True):
             batch.sent(result if isinstance(result, BaseException) else None)
-
-    async def _execute(
-        self, batches: list[EventBatch], payloads: list[list[bytes]]
-    ) -> list[object]:
-        """One pipelined round trip: every batch's append-and-publish script call."""
-        if not self._sha:
-            self._sha = await self._redis.script_load(_APPEND_AND_PUBLISH)
-        results: list[object] = [None] * len(batches)
-        todo = list(range(len(batches)))
-        for attempt in range(2):
-            pipe = self._redis.pipeline(transaction=False)
-            for i in todo:
-                pipe.evalsha(self._sha, 1, *batches[i].keys_and_args, *payloads[i])
-            answers = await pipe.execute(raise_on_error=False)
-            for i, answer in zip(todo, answers, strict=True):
-                results[i] = answer
-            todo = [i for i in todo if isinstance(results[i], NoScriptError)]
-            if not todo or attempt:
-                break
-            # Redis restarted (or flushed its scripts) since the script was loaded.
-            self._sha = await self._redis.script_load(_APPEND_AND_PUBLISH)
-        return results
