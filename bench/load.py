@@ -86,11 +86,19 @@ async def _stream(
 
 
 async def parley_turn(
-    http: aiohttp.ClientSession, url: str, auth: str, text: str, expect: int
+    http: aiohttp.ClientSession,
+    url: str,
+    auth: str,
+    text: str,
+    expect: int,
+    thread: dict[str, str] | None = None,
 ) -> Turn:
-    got = await _stream(
-        http, f"{url}/api/chat/stream", {"text": text, "provider": "groq"}, auth, FIRST_PARLEY
-    )
+    """One streamed turn; with `thread`, in the conversation it names (the first turn
+    starts one and names it there), as a chat continues."""
+    request = {"text": text, "provider": "groq"}
+    if thread is not None and "conversation_id" in thread:
+        request["conversation_id"] = thread["conversation_id"]
+    got = await _stream(http, f"{url}/api/chat/stream", request, auth, FIRST_PARLEY)
     if isinstance(got, Turn):
         return got
     body, ttft, total = got
@@ -99,7 +107,10 @@ async def parley_turn(
     if not events or events[-1][0] != "done":
         last = events[-1] if events else ("nothing", "")
         return Turn(ttft, total, deltas, f"ended with {last[0]}: {last[1][:200]}")
-    reply = orjson.loads(events[-1][1])["reply"]
+    done = orjson.loads(events[-1][1])
+    reply = done["reply"]
+    if thread is not None:
+        thread["conversation_id"] = done["conversation_id"]
     if len(reply.split()) != expect:
         return Turn(ttft, total, deltas, f"reply has {len(reply.split())} words, not {expect}")
     return Turn(ttft, total, deltas)

@@ -3,6 +3,9 @@
 Scenarios (docs/benchmarks.md says what each one shows and what it is held to):
 
 - `ttft_1`: one stream at a time; TTFT of Parley and of the simulator asked directly.
+  Every turn starts a conversation, as a first message does.
+- `ttft_1c`: the same, every turn continuing one conversation (its context read from
+  history before the job is queued).
 - `c32`: 32 concurrent streams (closed loop), 10 ms between tokens.
 - `c256`: 256 concurrent streams, 10 ms between tokens: throughput and errors.
 - `hold`: N open streams on one gateway, each a turn whose provider does not answer
@@ -53,6 +56,7 @@ from tests.support.infra import Infra, provide_infra
 PARLEY_PROCS = ("gateway", "history", "worker")
 TARGETS = {
     "ttft_overhead_p50_ms_1_stream": ("<=", 5.0),
+    "ttft_overhead_p50_ms_1_stream_continued": ("<=", 5.0),
     "ttft_overhead_p99_ms_32_streams": ("<=", 20.0),
     "cpu_ms_per_turn": ("<=", 15.0),
     "turns_per_s_256_streams": (">=", 100.0),
@@ -67,13 +71,14 @@ TARGETS = {
 @dataclass(frozen=True)
 class Sizes:
     ttft_1: int = 100  # turns, one at a time
+    ttft_1c: int = 100  # turns, one at a time, in one conversation
     c32: tuple[int, int] = (32, 640)  # concurrency, turns
     c256: tuple[int, int] = (256, 2560)
     hold: tuple[int, float, int] = (10_000, 15.0, 2)  # streams, ping seconds, heartbeats
     relay: tuple[int, int] = (200, 1000)  # streams, deltas per stream
 
 
-SMOKE = Sizes(ttft_1=5, c32=(4, 8), c256=(8, 16), hold=(20, 1.0, 2), relay=(4, 64))
+SMOKE = Sizes(ttft_1=5, ttft_1c=5, c32=(4, 8), c256=(8, 16), hold=(20, 1.0, 2), relay=(4, 64))
 
 
 def parley_cpu_ms(cpu: dict[str, float], turns: int) -> float:
@@ -97,7 +102,13 @@ async def turns_scenario(
     tokens: int,
     delay_ms: int,
     profile: Path | None = None,
+    *,
+    continued: bool = False,
 ) -> dict[str, Any]:
+    """`continued`: every turn continues one conversation (started by the first), as
+    a chat goes on, instead of starting a new one; one client only (a conversation runs
+    one turn at a time)."""
+    assert not continued or concurrency == 1
     text = directives(tokens, delay_ms)
     # Clients start spread over one reply's length (see closed_loop), for Parley and
     # for the baseline alike.
@@ -119,10 +130,20 @@ async def turns_scenario(
             profiler = Profiler(profile / label, pids)
         async with profiler:
             before = stack.cpu()
+            threads: list[dict[str, str] | None] = [
+                {} if continued else None for _ in range(concurrency)
+            ]
             run = await closed_loop(
                 concurrency,
                 turns,
-                lambda i: parley_turn(http, stack.url, auths[i % len(auths)], text, tokens),
+                lambda i: parley_turn(
+                    http,
+                    stack.url,
+                    auths[i % len(auths)],
+                    text,
+                    tokens,
+                    threads[i % len(threads)],
+                ),
                 ramp,
             )
             cpu = cpu_delta(before, stack.cpu())
@@ -348,6 +369,10 @@ def headline(results: dict[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
     if "ttft_1" in results:
         out["ttft_overhead_p50_ms_1_stream"] = results["ttft_1"]["ttft_overhead_ms"]["p50"]
+    if "ttft_1c" in results:
+        out["ttft_overhead_p50_ms_1_stream_continued"] = results["ttft_1c"]["ttft_overhead_ms"][
+            "p50"
+        ]
     if "c32" in results:
         out["ttft_overhead_p99_ms_32_streams"] = results["c32"]["ttft_overhead_ms"]["p99"]
         out["cpu_ms_per_turn"] = results["c32"]["parley_cpu_ms_per_turn"]
@@ -385,14 +410,16 @@ async def main_async(args: argparse.Namespace) -> int:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the gateway inherits it too
     scenarios = (
-        set(args.only.split(",")) if args.only else {"ttft_1", "c32", "c256", "hold", "relay"}
+        set(args.only.split(","))
+        if args.only
+        else {"ttft_1", "ttft_1c", "c32", "c256", "hold", "relay"}
     )
     sizes = SMOKE if args.smoke else Sizes(hold=(args.hold_streams, 15.0, 2))
     results: dict[str, Any] = {"machine": machine(), "label": args.label}
     profile = Path(args.profile) if args.profile else None
     with provide_infra() as infra, tempfile.TemporaryDirectory(prefix="parley-bench-") as tmp:
         logdir = Path(tmp)
-        if scenarios & {"ttft_1", "c32", "c256"}:
+        if scenarios & {"ttft_1", "ttft_1c", "c32", "c256"}:
             stack = await BenchStack(infra, logdir, workers=args.workers).start()
             try:
                 if "ttft_1" in scenarios:
@@ -400,6 +427,18 @@ async def main_async(args: argparse.Namespace) -> int:
                         stack, "t1", 1, sizes.ttft_1, args.tokens, args.delay_ms, profile
                     )
                     print("ttft_1", json.dumps(results["ttft_1"]), file=sys.stderr)
+                if "ttft_1c" in scenarios:
+                    results["ttft_1c"] = await turns_scenario(
+                        stack,
+                        "t1c",
+                        1,
+                        sizes.ttft_1c,
+                        args.tokens,
+                        args.delay_ms,
+                        profile,
+                        continued=True,
+                    )
+                    print("ttft_1c", json.dumps(results["ttft_1c"]), file=sys.stderr)
                 if "c32" in scenarios:
                     c, n = sizes.c32
                     results["c32"] = await turns_scenario(
@@ -435,7 +474,7 @@ async def main_async(args: argparse.Namespace) -> int:
     print(f"written to {path}", file=sys.stderr)
     errors = sum(
         results[s]["parley"]["errors"] + results[s]["direct"]["errors"]
-        for s in ("ttft_1", "c32", "c256")
+        for s in ("ttft_1", "ttft_1c", "c32", "c256")
         if s in results
     )
     errors += sum(results[s]["errors"] for s in ("hold",) if s in results)

@@ -26,7 +26,7 @@ def test_bench_smoke_runs_every_scenario_without_errors(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     [path] = tmp_path.glob("*-smoke.json")
     results = json.loads(path.read_text())
-    for name in ("ttft_1", "c32", "c256"):
+    for name in ("ttft_1", "ttft_1c", "c32", "c256"):
         scenario = results[name]
         for side in ("parley", "direct"):
             assert scenario[side]["errors"] == 0, (name, side, scenario[side])
