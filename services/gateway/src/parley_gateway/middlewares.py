@@ -101,10 +101,14 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     return await handler(request)
 
 
+# Set on a handler that counts its request against the rate limit itself.
+COUNTS_ITS_OWN = "_parley_counts_its_own_rate"
+
+
 @web.middleware
 async def rate_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
     user_id = request.get(USER_ID)
-    if user_id is not None:
+    if user_id is not None and not getattr(request.match_info.handler, COUNTS_ITS_OWN, False):
         await services(request).limits.hit(user_id)
     return await handler(request)
 
@@ -128,7 +132,11 @@ def stream_limited(handler: Handler) -> Handler:
     the user's stream slots (MAX_STREAMS_PER_USER) until its response has ended."""
 
     async def limited(request: web.Request) -> web.StreamResponse:
-        async with services(request).limits.stream_slot(request[USER_ID]):
+        # The request is counted against the rate limit here, alongside taking the
+        # slot (the `rate_limit` middleware leaves it to this wrapper).
+        async with services(request).limits.stream_slot(request[USER_ID], count_request=True):
             return await handler(request)
+
+    setattr(limited, COUNTS_ITS_OWN, True)
 
     return limited

@@ -114,19 +114,33 @@ class RateLimits:
         )
 
     @contextlib.asynccontextmanager
-    async def stream_slot(self, user_id: str) -> AsyncIterator[None]:
-        """Hold one of the user's stream slots for the body of the `async with`."""
+    async def stream_slot(
+        self, user_id: str, *, count_request: bool = False
+    ) -> AsyncIterator[None]:
+        """Hold one of the user's stream slots for the body of the `async with`;
+        with `count_request`, also count the request (`hit`), in the same moment: the
+        two Redis round trips overlap instead of adding up before a turn starts."""
         if self._max_streams <= 0:
+            if count_request:
+                await self.hit(user_id)
             yield
             return
         key = self._topo.user_streams(user_id)
         lease = secrets.token_hex(8)
-        try:
-            acquired = await self._acquire(
-                keys=[key], args=[self._max_streams, self._lease_seconds, lease]
+        acquiring = self._try_acquire(key, lease)
+        if count_request:
+            counted, acquired = await asyncio.gather(
+                self.hit(user_id), acquiring, return_exceptions=True
             )
-        except (RedisError, OSError) as exc:
-            log.warning("ratelimit.streams_unavailable", error_type=type(exc).__name__)
+            if isinstance(acquired, BaseException):
+                raise acquired
+            if isinstance(counted, BaseException):
+                if acquired:
+                    await self._release(key, lease)
+                raise counted
+        else:
+            acquired = await acquiring
+        if acquired is None:  # Redis unavailable: fail open, as the rate limit does
             yield
             return
         if not acquired:
@@ -147,10 +161,25 @@ class RateLimits:
                 leases.discard(lease)
                 if not leases:
                     del self._held[key]
-            try:
-                await self._redis.zrem(key, lease)
-            except (RedisError, OSError):
-                log.warning("ratelimit.release_failed")  # the lease expires on its own
+            await self._release(key, lease)
+
+    async def _try_acquire(self, key: str, lease: str) -> bool | None:
+        """Whether the lease was taken; None when Redis could not be asked."""
+        try:
+            return bool(
+                await self._acquire(
+                    keys=[key], args=[self._max_streams, self._lease_seconds, lease]
+                )
+            )
+        except (RedisError, OSError) as exc:
+            log.warning("ratelimit.streams_unavailable", error_type=type(exc).__name__)
+            return None
+
+    async def _release(self, key: str, lease: str) -> None:
+        try:
+            await self._redis.zrem(key, lease)
+        except (RedisError, OSError):
+            log.warning("ratelimit.release_failed")  # the lease expires on its own
 
     async def _keep(self) -> None:
         """Renew every lease held here, every third of a lease, in pipelined batches;
