@@ -99,9 +99,18 @@ async def test_concurrent_chat_turns_into_one_conversation(stack: Stack):
     user = uid()
     first = await stack.chat(user, {"text": "start", "provider": "groq"})
     conv = first.last.data["conversation_id"]
+    # The turn that is taken lasts half a second, so that it still runs when the
+    # others reach history (a two-word reply could end before the last one arrives).
     results = await asyncio.gather(
         *(
-            stack.chat(user, {"text": f"t{i}", "provider": "groq", "conversation_id": conv})
+            stack.chat(
+                user,
+                {
+                    "text": f"t{i} [[sim:tokens=5]] [[sim:delay-ms=100]]",
+                    "provider": "groq",
+                    "conversation_id": conv,
+                },
+            )
             for i in range(8)
         )
     )
