@@ -19,11 +19,14 @@ from tests.support.stack import Stack
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(150)]
 
 
-async def post_json(stack: Stack, user: str, text: str) -> tuple[int, dict[str, Any], float]:
+async def post_json(
+    stack: Stack, user: str, text: str, conversation_id: str | None = None
+) -> tuple[int, dict[str, Any], float]:
     started = time.monotonic()
-    async with stack.http.post(
-        f"{stack.url}/api/chat", json={"text": text, "provider": "groq"}, headers=bearer(user)
-    ) as resp:
+    body: dict[str, Any] = {"text": text, "provider": "groq"}
+    if conversation_id is not None:
+        body["conversation_id"] = conversation_id
+    async with stack.http.post(f"{stack.url}/api/chat", json=body, headers=bearer(user)) as resp:
         body = await resp.json()
         if resp.status == 503:
             assert int(resp.headers["Retry-After"]) > 0
@@ -42,9 +45,15 @@ async def test_broker_restart_mid_turn(
     await turn.deltas_seen(3)
     await private_rabbit.stop()
 
-    # During the outage a new turn fails fast: 503 with a retry hint, not a hang.
+    # During the outage a new turn fails fast: 503 with a retry hint, not a hang; in a
+    # new conversation, and in one the client names (which history begins first).
     refused_user = f"user-{secrets.token_hex(3)}"
     status, body, took = await post_json(stack, refused_user, "sent during the outage")
+    assert status == 503, body
+    assert body["code"] == "broker_down", body
+    assert took < 3.0, took
+    named = f"{refused_user}:web:conv-named"
+    status, body, took = await post_json(stack, refused_user, "named, in the outage", named)
     assert status == 503, body
     assert body["code"] == "broker_down", body
     assert took < 3.0, took
@@ -77,13 +86,15 @@ async def test_broker_restart_mid_turn(
         assert summary(docs[1:]) == [("assistant", "error", shown)]
     assert docs[1]["_id"] == end.data["message_id"]
 
-    # The refused turn is on record as not queued (its user message and an error reply),
-    # so its conversation is not left waiting for a reply that will never come.
+    # A new conversation's turn is stored only once its job is queued: the refused one
+    # left nothing behind. The turn that history began first is on record as not
+    # queued (its user message and an error reply), so its conversation is not left
+    # waiting for a reply that will never come.
     refused = await stack.db["conversations"].find({"user_id": refused_user}).to_list()
-    assert len(refused) == 1
-    docs = await saved(stack.db, refused[0]["_id"])
+    assert [c["_id"] for c in refused] == [named]
+    docs = await saved(stack.db, named)
     assert summary(docs) == [
-        ("user", "complete", "sent during the outage"),
+        ("user", "complete", "named, in the outage"),
         ("assistant", "error", ""),
     ]
     assert docs[1]["error"] == body["error"]

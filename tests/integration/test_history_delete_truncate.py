@@ -7,6 +7,7 @@ import secrets
 import aiohttp
 import pytest
 from parley_common.schemas import ImageRef
+from parley_history.metrics import RESULTS_EARLY
 
 from tests.support.history import Api, bulk_conversation, seed_turns, store_of, uid
 from tests.support.sse import SseEvent, parse_sse
@@ -67,6 +68,7 @@ async def test_a_reply_arriving_after_delete_does_not_bring_the_conversation_bac
         "provider": "groq",
     }
     headers = stack.auth(user) | {"Accept": "text/event-stream"}
+    early = RESULTS_EARLY._value.get()
     async with stack.http.post(f"{stack.url}/api/chat", json=body, headers=headers) as resp:
         assert resp.status == 200
         lines: list[str] = []
@@ -79,6 +81,9 @@ async def test_a_reply_arriving_after_delete_does_not_bring_the_conversation_bac
     assert found
     assert events[-1].event == "error"
     assert events[-1].data["code"] == "conversation_deleted"
+    # Known to be deleted (not a reply that came before its new conversation was
+    # stored): announced at once, never put back to wait for it.
+    assert RESULTS_EARLY._value.get() == early
     assert await stack.db["conversations"].find_one({"_id": conv}) is None
     assert await stack.db["messages"].count_documents({"conversation_id": conv}) == 0
 

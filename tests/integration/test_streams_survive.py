@@ -404,6 +404,35 @@ async def test_a_turn_that_cannot_be_queued_frees_its_conversation(infra: Infra)
         await stack.stop()
 
 
+async def test_a_new_conversation_that_cannot_be_queued_stores_nothing(infra: Infra):
+    """A first message's job is queued before history stores it (ADR 10): when no
+    queue takes the job, the client gets 503 and nothing of the turn exists, so a
+    retry starts clean."""
+    stack = await Stack(infra, providers=("groq", "openrouter")).start()
+    try:
+        who = user()
+        connection = await aio_pika.connect(infra.rabbitmq_url)
+        channel = await connection.channel()
+        await channel.queue_delete(Topology(stack.namespace).jobs_queue("groq"))
+        await connection.close()
+        res = await stack.chat(who, {"text": "lost?", "provider": "groq"}, stream=False)
+        assert res.status == 503 and res.json is not None
+        assert res.json["code"] == "job_unroutable"
+        assert await stack.db["conversations"].count_documents({"user_id": who}) == 0
+        assert await stack.db["messages"].count_documents({"user_id": who}) == 0
+        # The retry, to a provider that still has a queue, is the conversation's first.
+        res = await stack.chat(who, {"text": "lost?", "provider": "openrouter"})
+        assert res.last.event == "done"
+        conv = res.last.data["conversation_id"]
+        docs = await stack.messages_in_db(conv)
+        assert [(d["seq"], d["role"], d["content"]) for d in docs] == [
+            (1, "user", "lost?"),
+            (2, "assistant", "Echo: lost?"),
+        ]
+    finally:
+        await stack.stop()
+
+
 async def test_cancel_on_disconnect_stops_the_provider_and_saves_partial(infra: Infra):
     stack = await Stack(infra, env={"gateway": {"cancel_on_disconnect": True}}).start()
     try:

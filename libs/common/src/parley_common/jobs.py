@@ -135,6 +135,22 @@ class JobRegistry:
                 out.append(meta)
         return out
 
+    async def mark_deleted(self, conversation_id: str) -> None:
+        """Record that a conversation was deleted (see `may_still_begin`)."""
+        await self._redis.set(self._topo.conversation_deleted(conversation_id), b"1", ex=META_TTL)
+
+    async def may_still_begin(self, job_id: str, conversation_id: str) -> bool:
+        """For a turn result whose conversation is not stored: whether it may still be
+        stored. The gateway queues a new conversation's first job while history stores
+        the conversation, so a reply that fails at once can come first. True while the
+        job is listed as running (a gateway that gave up on the turn has finished it)
+        and the conversation was not deleted."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hget(self._topo.job_meta(job_id), "state")
+        pipe.exists(self._topo.conversation_deleted(conversation_id))
+        state, deleted = await pipe.execute()
+        return state is not None and _text(state) == "running" and not deleted
+
     async def request_cancel(self, job_id: str, ttl: int) -> None:
         pipe = self._redis.pipeline(transaction=False)
         pipe.set(self._topo.job_cancel(job_id), b"1", ex=ttl)

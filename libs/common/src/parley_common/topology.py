@@ -74,6 +74,11 @@ class Topology:
         """Set of a conversation's active job ids."""
         return self._n(f"chat:conv:{conversation_id}:jobs")
 
+    def conversation_deleted(self, conversation_id: str) -> str:
+        """Set when a conversation is deleted, so that a reply still on its way is known
+        to have nowhere to go (rather than to have come before its conversation)."""
+        return self._n(f"chat:conv:{conversation_id}:deleted")
+
     def idempotency(self, user_id: str, key: str) -> str:
         return self._n(f"chat:idem:{user_id}:{key}")
 

@@ -31,7 +31,14 @@ from pymongo.uri_parser import parse_uri
 
 from parley_history import handlers
 from parley_history.consumer import TurnConsumer
-from parley_history.context import AUTH_CHECK, REQUEST_ID_HEADER, STORE, USER_HEADER, user_of
+from parley_history.context import (
+    AUTH_CHECK,
+    REGISTRY,
+    REQUEST_ID_HEADER,
+    STORE,
+    USER_HEADER,
+    user_of,
+)
 from parley_history.errors import BadRequest, HistoryError
 from parley_history.metrics import REQUEST_SECONDS, REQUESTS, TURNS_BEGUN
 from parley_history.settings import HistorySettings
@@ -46,6 +53,9 @@ __all__ = ["AUTH_CHECK", "REQUEST_ID_HEADER", "SETTINGS", "STORE", "USER_HEADER"
 class BeginTurn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     conversation_id: str | None = None
+    # The id for a new conversation, chosen by the gateway (which queues the job while
+    # the message is stored); only without `conversation_id`.
+    new_conversation_id: str | None = None
     channel: str = "web"
     text: str
     provider: str
@@ -167,6 +177,12 @@ async def begin_turn(request: web.Request) -> web.Response:
     structlog.contextvars.bind_contextvars(job_id=body.job_id, provider=body.provider)
     if body.conversation_id is not None:
         structlog.contextvars.bind_contextvars(conversation_id=body.conversation_id)
+    chosen = body.new_conversation_id
+    if chosen is not None:
+        if body.conversation_id is not None:
+            raise BadRequest("new_conversation_id: only for a new conversation")
+        if not chosen.startswith(f"{user}:") or len(chosen) > handlers.MAX_ID_CHARS:
+            raise BadRequest("new_conversation_id: not an id in the user's namespace")
     turn = await request.app[STORE].begin_turn(
         user_id=user,
         conversation_id=body.conversation_id,
@@ -176,8 +192,10 @@ async def begin_turn(request: web.Request) -> web.Response:
         provider=body.provider,
         job_id=body.job_id,
         lock_seconds=body.lock_seconds,
+        new_conversation_id=chosen,
     )
     TURNS_BEGUN.inc()
+
     structlog.contextvars.bind_contextvars(conversation_id=turn.conversation_id)
     log.info(
         "turn.begun",
@@ -283,9 +301,9 @@ async def _consumer_ctx(app: web.Application) -> AsyncIterator[None]:
     channel = await open_channel(connection, prefetch=settings.history_prefetch)
     exchanges = await declare_exchanges(channel, topo)
     queue = await declare_history_queue(channel, topo, exchanges)
-    consumer = TurnConsumer(
-        app[STORE], JobEvents(redis, topo, settings.replay_log_ttl), JobRegistry(redis, topo)
-    )
+    registry = JobRegistry(redis, topo)
+    app[REGISTRY] = registry
+    consumer = TurnConsumer(app[STORE], JobEvents(redis, topo, settings.replay_log_ttl), registry)
     consuming = Consuming(connection, redis, consumer)
     consuming.subscriptions.append((queue, await queue.consume(consumer.on_message)))
     dead_queue = await declare_dead_jobs_queue(channel, topo, exchanges)

@@ -26,10 +26,26 @@ from parley_common.schemas.events import encode_envelope
 from parley_common.schemas.jobs import JOB_TYPE
 from pydantic import ValidationError
 
-from parley_history.metrics import RESULTS_IN_FLIGHT, TURNS_SAVED
+from parley_history.metrics import RESULTS_EARLY, RESULTS_IN_FLIGHT, TURNS_SAVED
 from parley_history.store import Store
 
 log = structlog.get_logger("parley_history.consumer")
+
+# A new conversation's first job is queued while history stores the conversation, so a
+# reply that fails at once can arrive before it (ADR 10). Such a result is put back,
+# with the growing backoff below, for up to this many deliveries (0.2 + 0.4 + ... + 5 s,
+# about 16 s: longer than the gateway waits for history) before its conversation is
+# taken to be gone.
+EARLY_RESULT_DELIVERIES = 7
+
+
+class _ConversationNotStoredYet(Exception):
+    """The result's conversation is not stored, and its turn may still be."""
+
+
+def _delivery_count(message: AbstractIncomingMessage) -> int:
+    count = (message.headers or {}).get("x-delivery-count", 0)
+    return count if isinstance(count, int) else 0
 
 
 class TurnConsumer:
@@ -81,8 +97,15 @@ class TurnConsumer:
                 provider=result.provider,
                 job_id=result.job_id,
             )
+            delivery = _delivery_count(message)
             try:
-                await self.handle(result)
+                await self.handle(result, wait_for_conversation=delivery < EARLY_RESULT_DELIVERIES)
+            except _ConversationNotStoredYet:
+                RESULTS_EARLY.inc()
+                log.info("turn.conversation_not_stored_yet", delivery=delivery)
+                await self._backoff(message)
+                await message.nack(requeue=True)
+                return
             except Exception:
                 log.exception("turn.save_failed", redelivered=message.redelivered)
                 await self._backoff(message)
@@ -94,9 +117,7 @@ class TurnConsumer:
     async def _backoff(message: AbstractIncomingMessage) -> None:
         """Hold a message that failed before requeueing it, longer each delivery, so an
         outage (MongoDB, Redis) is waited out instead of spun through."""
-        count = (message.headers or {}).get("x-delivery-count", 0)
-        attempt = count if isinstance(count, int) else 0
-        await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
+        await asyncio.sleep(min(0.2 * 2 ** _delivery_count(message), 5.0))
 
     async def on_dead_letter(self, message: AbstractIncomingMessage) -> None:
         """A job that no worker could finish: save an error reply and tell its client."""
@@ -163,12 +184,21 @@ class TurnConsumer:
             return
         await message.ack()
 
-    async def handle(self, result: TurnResult) -> None:
+    async def handle(self, result: TurnResult, *, wait_for_conversation: bool = False) -> None:
+        """Save the result and announce it; with `wait_for_conversation`, a result whose
+        conversation may still be being stored raises `_ConversationNotStoredYet`
+        instead of being announced as having nowhere to go."""
         if result.error:
             # A provider may echo a key or a token in its error text: it is stored and
             # sent to the client, so it is scrubbed here, where it leaves the back end.
             result = result.model_copy(update={"error": scrub(result.error)})
         saved = await self._store.save_result(result)
+        if (
+            saved is None
+            and wait_for_conversation
+            and await self._registry.may_still_begin(result.job_id, result.conversation_id)
+        ):
+            raise _ConversationNotStoredYet
         seq = result.last_seq + 1
         message_id: str | None = None
         if saved is not None:

@@ -10,6 +10,7 @@ from typing import Protocol
 
 import structlog
 from aiohttp import web
+from parley_common.jobs import JobRegistry
 
 from parley_history.errors import BadRequest
 from parley_history.store import Store
@@ -22,6 +23,7 @@ class ServiceCheck(Protocol):
 
 
 STORE = web.AppKey("store", Store)
+REGISTRY = web.AppKey("registry", JobRegistry)
 AUTH_CHECK = web.AppKey("auth_check", ServiceCheck)
 
 USER_HEADER = "X-Parley-User"

@@ -21,8 +21,9 @@ import orjson
 import structlog
 from aiohttp import web
 from parley_common.topology import PROVIDERS
+from redis.exceptions import RedisError
 
-from parley_history.context import STORE, caller
+from parley_history.context import REGISTRY, STORE, caller
 from parley_history.errors import BadRequest
 from parley_history.store import UNSET, ConversationKey, Doc, Unset
 
@@ -261,6 +262,12 @@ async def delete_conversation(request: web.Request) -> web.Response:
     conversation_id = _conversation_id(request)
     deleted = await request.app[STORE].delete_conversation(user, conversation_id)
     log.info("conversation.deleted", conversation_id=conversation_id, messages=deleted)
+    try:
+        # A reply still being generated for it then has nowhere to go, and is known not
+        # to be waiting for its conversation to be stored (consumer.py).
+        await request.app[REGISTRY].mark_deleted(conversation_id)
+    except RedisError:
+        log.warning("conversation.deleted_unmarked", conversation_id=conversation_id)
     return web.json_response({"ok": True})
 
 

@@ -19,6 +19,10 @@ REQUEST_SECONDS = Histogram(
 )
 TURNS_SAVED = Counter("parley_history_turns_saved_total", "Turn results saved", ["status"])
 TURNS_BEGUN = Counter("parley_history_turns_begun_total", "User messages stored")
+RESULTS_EARLY = Counter(
+    "parley_history_results_early_total",
+    "Turn results put back because their new conversation was not stored yet",
+)
 WRITE_SECONDS = Histogram(
     "parley_history_write_seconds",
     "Time to store one write in MongoDB (successful or not)",

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from parley_common.ids import new_conversation_id, reply_message_id, user_message_id
 from parley_common.schemas import ContextMessage, ImageRef, Source, TurnResult, TurnStatus, Usage
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument, WriteConcern
 from pymongo.asynchronous.database import AsyncDatabase
@@ -96,18 +97,6 @@ def now() -> datetime:
 
 def new_folder_id() -> str:
     return f"fld-{secrets.token_urlsafe(12)}"
-
-
-def new_conversation_id(user_id: str, channel: str) -> str:
-    return f"{user_id}:{channel}:conv-{secrets.token_urlsafe(12)}"
-
-
-def user_message_id(job_id: str) -> str:
-    return f"msg-{job_id}-u"
-
-
-def reply_message_id(job_id: str) -> str:
-    return f"msg-{job_id}-a"
 
 
 def title_from(text: str) -> str:
@@ -271,8 +260,13 @@ class Store:
         job_id: str,
         lock_seconds: int = 900,
         exclusive: bool = True,
+        new_conversation_id: str | None = None,
     ) -> BegunTurn:
         """Store a turn's user message and return the context for the provider.
+
+        Without a `conversation_id` the turn starts a new conversation, named
+        `new_conversation_id` when the caller chose it (the gateway does, to queue the
+        job while this runs; it must be in the user's namespace) or here otherwise.
 
         `exclusive` (the chat path) also takes the conversation's one-turn lock;
         without it this is a plain append, still totally ordered by `seq`.
@@ -285,7 +279,7 @@ class Store:
         the older context is read)."""
         turn = _NewTurn(user_id, channel, text, image, provider, job_id, lock_seconds, exclusive)
         if conversation_id is None:
-            return await self._begin_in_new_conversation(turn)
+            return await self._begin_in_new_conversation(turn, new_conversation_id)
         active = ""
         for _ in range(_BEGIN_ATTEMPTS):
             seq = await self._take_turn(turn, conversation_id)
@@ -350,10 +344,11 @@ class Store:
             doc["image"] = {"mime": turn.image.mime, "data_base64": turn.image.data_base64}
         return doc
 
-    async def _begin_in_new_conversation(self, turn: _NewTurn) -> BegunTurn:
-        """A fresh random id, which no other request can know yet: its conversation and
-        its first message are inserted concurrently, and the context is the message."""
-        conversation_id = new_conversation_id(turn.user_id, turn.channel)
+    async def _begin_in_new_conversation(self, turn: _NewTurn, chosen: str | None) -> BegunTurn:
+        """A fresh id, which no other request can know yet (random, here or chosen by
+        the gateway): its conversation and its first message are inserted
+        concurrently, and the context is the message."""
+        conversation_id = chosen or new_conversation_id(turn.user_id, turn.channel)
         msg_id = user_message_id(turn.job_id)
         ts = now()
         # Both at once, each a majority write: on the way to the first token, two
@@ -376,12 +371,16 @@ class Store:
                     await self.messages.delete_one(
                         {"_id": msg_id, "conversation_id": conversation_id}
                     )
-        if isinstance(conv_done, BaseException):
-            raise conv_done
-        if isinstance(msg_done, DuplicateKeyError):
+        if isinstance(msg_done, DuplicateKeyError) and (
+            not conv_failed or isinstance(conv_done, DuplicateKeyError)
+        ):
             # The same turn begun twice (a retried request): the first one's
             # conversation and message stand, and nothing new is stored.
             return await self._begun_earlier(turn)
+        if isinstance(conv_done, DuplicateKeyError):
+            raise Conflict("new_conversation_id: a conversation with this id exists")
+        if isinstance(conv_done, BaseException):
+            raise conv_done
         if isinstance(msg_done, BaseException):
             raise msg_done
         context = [ContextMessage(role="user", content=turn.text, image=turn.image)]

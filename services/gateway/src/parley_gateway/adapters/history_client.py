@@ -189,7 +189,11 @@ class HistoryClient:
         provider: str,
         image: ImageRef | None,
         lock_seconds: int = 900,
+        new_conversation_id: str | None = None,
     ) -> BegunTurn:
+        """Store the user message (durably: history answers after its majority
+        writes) and get the context; without `conversation_id`, in a new conversation
+        named `new_conversation_id` (or by history, when that is None)."""
         _, body = await self.request(
             "POST",
             "/internal/v1/turns",
@@ -197,6 +201,7 @@ class HistoryClient:
             request_id=request_id,
             json={
                 "conversation_id": conversation_id,
+                "new_conversation_id": new_conversation_id,
                 "channel": channel,
                 "text": text,
                 "provider": provider,

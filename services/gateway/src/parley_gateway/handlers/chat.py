@@ -7,14 +7,19 @@ import contextlib
 import re
 import secrets
 import time
+from collections.abc import Awaitable, Coroutine
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 from aiohttp import web
-from parley_common.schemas import ChatJob, ImageRef, MetaEvent, decode_envelope
+from parley_common.ids import new_conversation_id, user_message_id
+from parley_common.schemas import ChatJob, ContextMessage, ImageRef, MetaEvent, decode_envelope
 from parley_common.schemas.events import encode_envelope
 from redis.exceptions import RedisError
 
+from parley_gateway.adapters.event_stream import Subscription
+from parley_gateway.adapters.history_client import BegunTurn
 from parley_gateway.context import Services, services
 from parley_gateway.errors import ApiError, BadRequest, Forbidden, Unavailable
 from parley_gateway.handlers.streaming import collect, relay
@@ -80,6 +85,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     provider = await resolve_provider(svc, req.provider, user_id, request[REQUEST_ID])
     request_id = request[REQUEST_ID]
     job_id = f"job-{secrets.token_hex(12)}"
+
     structlog.contextvars.bind_contextvars(job_id=job_id, provider=provider, user_id=user_id)
     streaming = wants_stream(request, req.stream)
 
@@ -89,28 +95,42 @@ async def chat(request: web.Request) -> web.StreamResponse:
             log.info("chat.idempotent_retry", attached_to=earlier)
             return await attach(request, svc, user_id, earlier, streaming)
     async with contextlib.AsyncExitStack() as scope:
-        # The user message is stored while this gateway subscribes to the job's events
-        # (two round trips at once: time to first token pays for the longer one).
-        begun, subscribed = await asyncio.gather(
-            svc.history.begin_turn(
-                user_id=user_id,
-                request_id=request_id,
-                job_id=job_id,
-                conversation_id=req.conversation_id,
-                channel=req.channel,
-                text=req.text,
-                provider=provider,
-                image=ImageRef(mime=image.mime, data_base64=image.data_base64) if image else None,
-                lock_seconds=_active_ttl(svc),
-            ),
-            scope.enter_async_context(svc.hub.subscribe(job_id)),
-            return_exceptions=True,
+        image_ref = ImageRef(mime=image.mime, data_base64=image.data_base64) if image else None
+        fresh = req.conversation_id is None
+        conversation_id = new_conversation_id(user_id, req.channel) if fresh else None
+        begin = svc.history.begin_turn(
+            user_id=user_id,
+            request_id=request_id,
+            job_id=job_id,
+            conversation_id=req.conversation_id,
+            new_conversation_id=conversation_id,
+            channel=req.channel,
+            text=req.text,
+            provider=provider,
+            image=image_ref,
+            lock_seconds=_active_ttl(svc),
         )
-        if isinstance(begun, BaseException):
-            if idem_key is not None:
-                await svc.idempotency.release(user_id, idem_key, job_id)
-            raise begun
-        turn = begun
+        subscribe = scope.enter_async_context(svc.hub.subscribe(job_id))
+        subscribed: object = None
+        if conversation_id is not None:
+            # A first message is the whole context: its job needs nothing from history.
+            # It is queued at once, and history stores the message once the broker has
+            # it, while the worker calls its provider (ADR 10). The client hears nothing
+            # before the message is stored; a job that cannot be queued stores nothing.
+            turn = BegunTurn(
+                conversation_id,
+                user_message_id(job_id),
+                [ContextMessage(role="user", content=req.text, image=image_ref)],
+            )
+        else:
+            # The user message is stored (and the context read) while this gateway
+            # subscribes to the job's events.
+            begun, subscribed = await asyncio.gather(begin, subscribe, return_exceptions=True)
+            if isinstance(begun, BaseException):
+                if idem_key is not None:
+                    await svc.idempotency.release(user_id, idem_key, job_id)
+                raise begun
+            turn = begun
         structlog.contextvars.bind_contextvars(conversation_id=turn.conversation_id)
         job = ChatJob(
             job_id=job_id,
@@ -130,36 +150,46 @@ async def chat(request: web.Request) -> web.StreamResponse:
         if isinstance(subscribed, BaseException):
             await _not_queued(svc, user_id, request_id, idem_key, job, subscribed)
             raise _as_api_error(subscribed)
-        sub = subscribed
-        # Listed as running, its replay log opened with the meta event (so a resumed
-        # stream has it too), and queued: three writes at once. A worker's first
-        # event comes after its provider answers, long after the first two; the
-        # registry gives the same end state whichever of `register` and `finish`
-        # comes first (a job that fails at once).
+        # Queued, listed as running and its replay log opened with the meta event (so a
+        # resumed stream has it too), at once; the job first, as the broker's commit is
+        # the longest wait before a worker starts. A worker's first event comes after
+        # its provider answers, long after the others; the registry gives the same end
+        # state whichever of `register` and `finish` comes first (a job that fails at
+        # once).
+        queuing = asyncio.ensure_future(svc.publisher.publish(job))
         listing = svc.hub.log.pipeline()  # both in one round trip
         svc.registry.register_in(
             listing, job_id, user_id, turn.conversation_id, provider, _active_ttl(svc)
         )
         svc.hub.log.publish_in(listing, job_id, [meta_raw])
-        queued, listed = await asyncio.gather(
-            svc.publisher.publish(job), listing.execute(), return_exceptions=True
+        # A new conversation's turn is also stored (once queued) and followed: the
+        # stream then reads the job's replay log for what came before it subscribed.
+        alongside = [_once(queuing, begin), subscribe] if fresh else []
+        queued, listed, *also = await asyncio.gather(
+            queuing, listing.execute(), *alongside, return_exceptions=True
         )
-        failed = next((r for r in (queued, listed) if isinstance(r, BaseException)), None)
+        failed = next((r for r in (*also, queued, listed) if isinstance(r, BaseException)), None)
         if failed is not None:
             if not isinstance(queued, BaseException):
-                # Queued but not listed (Redis failed): stop it before a worker runs it
-                # for a client that is told it failed.
+                # Queued, but not listed (Redis failed), not followed, or its message
+                # not stored (history failed): stop it before a worker runs it for a
+                # client that is told it failed.
                 with contextlib.suppress(RedisError):
                     await svc.registry.request_cancel(job_id, svc.settings.job_deadline_seconds)
-            await _not_queued(svc, user_id, request_id, idem_key, job, failed)
+            if fresh and isinstance(also[0], BaseException):
+                await _not_begun(svc, user_id, idem_key, job)  # nothing stored to record
+            else:
+                await _not_queued(svc, user_id, request_id, idem_key, job, failed)
             raise _as_api_error(failed)
+        sub = also[1] if fresh else subscribed
+        assert isinstance(sub, Subscription)
         JOBS_PUBLISHED.labels(provider).inc()
         log.info("chat.accepted", stream=streaming)
         conversation_id = turn.conversation_id
         first = decode_envelope(meta_raw)
         # A stream may stay open for minutes: hold nothing it no longer needs (the
         # request body and an image in it, the job, an encoder's oversized buffer).
-        del body, req, image, turn, begun, job, meta, meta_raw
+        del body, req, image, image_ref, turn, job, meta, meta_raw, also, alongside, subscribed
         if streaming:
             return await relay(
                 request,
@@ -169,6 +199,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
                 provider=provider,
                 after_seq=-1,
                 first=first,
+                catch_up=fresh,
             )
         return await collect(svc, sub, after_seq=0, conversation_id=conversation_id)
 
@@ -183,6 +214,27 @@ def _as_api_error(exc: BaseException) -> BaseException:
     return exc
 
 
+async def _once(queuing: Awaitable[None], begin: Coroutine[Any, Any, BegunTurn]) -> BegunTurn:
+    """`begin`, once the job is queued; not at all when it could not be."""
+    try:
+        await queuing
+    except BaseException:
+        begin.close()
+        raise
+    return await begin
+
+
+async def _not_begun(svc: Services, user_id: str, idem_key: str | None, job: ChatJob) -> None:
+    """A new conversation's turn whose message was not stored: nothing to record; its
+    Idempotency-Key is freed and its job unlisted."""
+    if idem_key is not None:
+        await svc.idempotency.release(user_id, idem_key, job.job_id)
+    try:
+        await svc.registry.finish(job.job_id, job.conversation_id)
+    except RedisError:
+        log.warning("chat.abandon_unlisted_failed")
+
+
 async def _not_queued(
     svc: Services,
     user_id: str,
@@ -191,7 +243,7 @@ async def _not_queued(
     job: ChatJob,
     exc: BaseException,
 ) -> None:
-    """A begun turn that could not be started: free its Idempotency-Key, record why."""
+    """A turn that could not be started: free its Idempotency-Key, record why."""
     if idem_key is not None:
         await svc.idempotency.release(user_id, idem_key, job.job_id)
     await _abandon(svc, user_id, request_id, job, exc)
@@ -201,8 +253,8 @@ async def _abandon(
     svc: Services, user_id: str, request_id: str, job: ChatJob, exc: BaseException
 ) -> None:
     """Record that a begun turn was never queued (so the conversation is not left
-    locked, and its history says what happened). Best effort: history may be the
-    very thing that is down."""
+    locked, and its history says what happened), and unlist its job. Best effort:
+    history may be the very thing that is down, or may not have stored the turn."""
     reason = exc.message if isinstance(exc, ApiError) else "the job could not be queued"
     try:
         await svc.history.abandon_turn(

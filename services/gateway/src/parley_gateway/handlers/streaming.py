@@ -64,8 +64,13 @@ async def relay(
     provider: str,
     after_seq: int,
     first: EventEnvelope | None = None,
+    catch_up: bool = False,
 ) -> web.StreamResponse:
     """Stream the job's events after `after_seq` as SSE until `done` or `error`.
+
+    `first` is an event the caller holds already (a new turn's `meta`); the job's
+    replay log is read first when there is none or when `catch_up` is set (the job
+    may have been queued before this stream was subscribed).
 
     A client that goes away loses nothing: the job goes on and its reply is saved
     (unless CANCEL_ON_DISCONNECT is set, which cancels it).
@@ -91,7 +96,9 @@ async def relay(
         deadline = asyncio.timeout(terminal_timeout(svc))
         try:
             async with deadline, svc.drain.track(deadline):
-                async for batch in sub.batches(after_seq=after_seq, catch_up=first is None):
+                async for batch in sub.batches(
+                    after_seq=after_seq, catch_up=catch_up or first is None
+                ):
                     if waiting_first_token and any(e.type in TOKEN_TYPES for e in batch):
                         FIRST_EVENT_SECONDS.labels(provider).observe(time.perf_counter() - started)
                         waiting_first_token = False
