@@ -10,8 +10,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from parley_common.ids import new_conversation_id
 from parley_common.schemas import ContextMessage, ImageRef
-from parley_history.errors import Forbidden, NotFound, TurnInProgress
+from parley_history.errors import Conflict, Forbidden, NotFound, TurnInProgress
 from parley_history.store import BegunTurn, Store
 
 from tests.support.history import seed_turns, store_of, turn_result, uid
@@ -122,6 +123,37 @@ async def test_a_retried_begin_of_a_new_conversation_answers_with_the_first_one(
     assert again.context == first.context
     assert await stack.db["conversations"].count_documents({"user_id": user}) == 1
     assert await stack.db["messages"].count_documents({"user_id": user}) == 1
+
+
+async def test_a_gateway_named_conversation_is_created_and_a_retry_stores_one_message(
+    stack: Stack,
+):
+    """The gateway names a new conversation (ADR 10): it is created, locked to the turn,
+    with its message; the same begin again (a retried request, also one whose first
+    attempt stopped between its two writes) stores nothing more."""
+    user, store, job = uid(), store_of(stack), _job()
+    conv = new_conversation_id(user, "web")
+    first = await _begin(store, user, None, job, "hello", new_conversation_id=conv)
+    assert first.created and first.conversation_id == conv
+    assert first.context == [ContextMessage(role="user", content="hello")]
+    again = await _begin(store, user, None, job, "hello", new_conversation_id=conv)
+    assert (again.conversation_id, again.user_message_id) == (conv, first.user_message_id)
+    # The first attempt stored the conversation but not its message.
+    await stack.db["messages"].delete_one({"_id": first.user_message_id})
+    third = await _begin(store, user, None, job, "hello", new_conversation_id=conv)
+    assert third.conversation_id == conv and third.created
+    assert [(d["seq"], d["content"]) for d in await stack.messages_in_db(conv)] == [(1, "hello")]
+    stored = await _conv(stack, conv)
+    assert stored["next_seq"] == 1 and stored["active_job"]["job_id"] == job
+
+
+async def test_a_gateway_named_conversation_that_exists_is_not_taken(stack: Stack):
+    user, store = uid(), store_of(stack)
+    conv = new_conversation_id(user, "web")
+    await _begin(store, user, None, _job(), "mine", new_conversation_id=conv)
+    with pytest.raises(Conflict):
+        await _begin(store, user, None, _job(), "other", new_conversation_id=conv)
+    assert [d["content"] for d in await stack.messages_in_db(conv)] == ["mine"]
 
 
 async def test_refusals_are_told_apart_and_change_nothing(stack: Stack):

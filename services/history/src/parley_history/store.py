@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -165,6 +166,15 @@ def _turn_in_progress(active: str) -> TurnInProgress:
         "wait for it, resume it, or cancel it",
         active_job_id=active,
     )
+
+
+async def _outcome(write: Awaitable[object]) -> BaseException | None:
+    """None when the write succeeded, else what it raised."""
+    try:
+        await write
+    except Exception as exc:
+        return exc
+    return None
 
 
 class Unset:
@@ -346,45 +356,54 @@ class Store:
 
     async def _begin_in_new_conversation(self, turn: _NewTurn, chosen: str | None) -> BegunTurn:
         """A fresh id, which no other request can know yet (random, here or chosen by
-        the gateway): its conversation and its first message are inserted
-        concurrently, and the context is the message."""
+        the gateway): the conversation is inserted, then its first message, and the
+        context is the message.
+
+        The conversation is acknowledged applied (`conversations_then`) and the message,
+        a majority write after it on the same primary, makes both durable: one journal
+        flush. A new conversation's job is queued before history is asked (ADR 10), so
+        these writes are not on the way to the first token."""
         conversation_id = chosen or new_conversation_id(turn.user_id, turn.channel)
         msg_id = user_message_id(turn.job_id)
         ts = now()
-        # Both at once, each a majority write: on the way to the first token, two
-        # concurrent durable writes are quicker than two in a row.
-        conv_done, msg_done = await asyncio.gather(
-            self.conversations.insert_one(self._conversation_doc(turn, conversation_id, ts)),
-            self.messages.insert_one(self._user_message_doc(turn, conversation_id, 1, ts)),
-            return_exceptions=True,
+        conv_done = await _outcome(
+            self.conversations_then.insert_one(self._conversation_doc(turn, conversation_id, ts))
         )
-        conv_failed = isinstance(conv_done, BaseException)
-        msg_failed = isinstance(msg_done, BaseException)
-        if conv_failed or msg_failed:
-            # Undo the half that was stored (best effort: MongoDB may be what failed),
-            # so that neither a conversation without its message nor a message without
-            # its conversation is left behind.
-            with contextlib.suppress(PyMongoError):
-                if not conv_failed:
-                    await self.conversations.delete_one({"_id": conversation_id})
-                if not msg_failed:
-                    await self.messages.delete_one(
-                        {"_id": msg_id, "conversation_id": conversation_id}
-                    )
-        if isinstance(msg_done, DuplicateKeyError) and (
-            not conv_failed or isinstance(conv_done, DuplicateKeyError)
-        ):
+        if isinstance(conv_done, DuplicateKeyError):
+            # There already: this turn's own, from an earlier attempt of the same
+            # request (its message tells), or not for this turn to take.
+            existing = await self.conversations.find_one(
+                {"_id": conversation_id}, {"user_id": 1, "active_job": 1}
+            )
+            ours = (
+                existing is not None
+                and existing["user_id"] == turn.user_id
+                and (existing.get("active_job") or {}).get("job_id") == turn.job_id
+            )
+            if not ours:
+                raise Conflict("new_conversation_id: a conversation with this id exists")
+        elif conv_done is not None:
+            raise conv_done
+        msg_done = await _outcome(
+            self.messages.insert_one(self._user_message_doc(turn, conversation_id, 1, ts))
+        )
+        if isinstance(msg_done, DuplicateKeyError):
             # The same turn begun twice (a retried request): the first one's
             # conversation and message stand, and nothing new is stored.
+            if conv_done is None:
+                await self._undo_conversation(conversation_id)
             return await self._begun_earlier(turn)
-        if isinstance(conv_done, DuplicateKeyError):
-            raise Conflict("new_conversation_id: a conversation with this id exists")
-        if isinstance(conv_done, BaseException):
-            raise conv_done
-        if isinstance(msg_done, BaseException):
+        if msg_done is not None:
+            # Not a conversation without its message (best effort: MongoDB may be what
+            # failed).
+            await self._undo_conversation(conversation_id)
             raise msg_done
         context = [ContextMessage(role="user", content=turn.text, image=turn.image)]
         return BegunTurn(conversation_id, msg_id, True, context if turn.text else [])
+
+    async def _undo_conversation(self, conversation_id: str) -> None:
+        with contextlib.suppress(PyMongoError):
+            await self.conversations.delete_one({"_id": conversation_id})
 
     async def _begun_earlier(self, turn: _NewTurn) -> BegunTurn:
         msg_id = user_message_id(turn.job_id)
