@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import aio_pika
+import orjson
 import redis.asyncio as aioredis
 import structlog
 from aio_pika.abc import AbstractQueue, AbstractRobustConnection
@@ -27,6 +28,7 @@ from parley_common.jobs import JobRegistry
 from parley_common.schemas import ImageRef, TurnResult, TurnStatus
 from parley_common.topology import Topology
 from pydantic import BaseModel, ConfigDict, ValidationError
+from pymongo.errors import PyMongoError
 from pymongo.uri_parser import parse_uri
 
 from parley_history import handlers
@@ -47,6 +49,8 @@ from parley_history.store import Store, open_client
 log = structlog.get_logger("parley_history.app")
 
 SETTINGS = web.AppKey("settings", HistorySettings)
+# A staged begin-turn's answer: the context, then whether the message is stored.
+NDJSON = "application/x-ndjson"
 __all__ = ["AUTH_CHECK", "REQUEST_ID_HEADER", "SETTINGS", "STORE", "USER_HEADER", "create_app"]
 
 
@@ -63,6 +67,9 @@ class BeginTurn(BaseModel):
     image: ImageRef | None = None
     # How long the conversation stays locked to this turn if its result never comes.
     lock_seconds: int = 900
+    # Answer with the context first and store the message after (two lines of JSON):
+    # the gateway queues the job meanwhile (ADR 10).
+    staged: bool = False
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -167,7 +174,7 @@ class ServiceAuth:
             )
 
 
-async def begin_turn(request: web.Request) -> web.Response:
+async def begin_turn(request: web.Request) -> web.StreamResponse:
     request.app[AUTH_CHECK](request)
     user = user_of(request)
     try:
@@ -193,8 +200,8 @@ async def begin_turn(request: web.Request) -> web.Response:
         job_id=body.job_id,
         lock_seconds=body.lock_seconds,
         new_conversation_id=chosen,
+        staged=body.staged,
     )
-    TURNS_BEGUN.inc()
 
     structlog.contextvars.bind_contextvars(conversation_id=turn.conversation_id)
     log.info(
@@ -202,15 +209,38 @@ async def begin_turn(request: web.Request) -> web.Response:
         created=turn.created,
         context_messages=len(turn.context),
     )
-    return web.json_response(
-        {
-            "conversation_id": turn.conversation_id,
-            "user_message_id": turn.user_message_id,
-            "created": turn.created,
-            "messages": [m.model_dump(mode="json") for m in turn.context],
-        },
-        status=201 if turn.created else 200,
-    )
+    answer = {
+        "conversation_id": turn.conversation_id,
+        "user_message_id": turn.user_message_id,
+        "created": turn.created,
+        "messages": [m.model_dump(mode="json") for m in turn.context],
+    }
+    status = 201 if turn.created else 200
+    if turn.stored is None:
+        TURNS_BEGUN.inc()
+        return web.json_response(answer, status=status)
+    # Staged: the context now, then the message's insert (its majority write also makes
+    # the lock durable), then whether it is stored. The insert happens whether or not
+    # the gateway is still there to read the answer: it may have queued the job.
+    response = web.StreamResponse(status=status, headers={"Content-Type": NDJSON})
+    with contextlib.suppress(ConnectionError):
+        await response.prepare(request)
+        await response.write(orjson.dumps(answer) + b"\n")
+    try:
+        await turn.stored
+    except PyMongoError as exc:
+        log.error("turn.message_unsaved", error_type=type(exc).__name__)
+        outcome: dict[str, object] = {
+            "error": "conversation history is unavailable",
+            "code": "history_down",
+        }
+    else:
+        TURNS_BEGUN.inc()
+        outcome = {"stored": True}
+    with contextlib.suppress(ConnectionError):
+        await response.write(orjson.dumps(outcome) + b"\n")
+        await response.write_eof()
+    return response
 
 
 class AbandonTurn(BaseModel):

@@ -111,6 +111,9 @@ class BegunTurn:
     user_message_id: str
     created: bool
     context: list[ContextMessage]
+    # A staged begin: the user message's insert (a majority write, which also makes
+    # the turn's lock durable), still to be awaited; None when it is stored already.
+    stored: Awaitable[None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +169,14 @@ def _turn_in_progress(active: str) -> TurnInProgress:
         "wait for it, resume it, or cancel it",
         active_job_id=active,
     )
+
+
+def _with_message(older: list[Doc], turn: _NewTurn) -> list[ContextMessage]:
+    """The context: the messages before the turn's (newest first, as read), oldest
+    first, then the turn's own with its image."""
+    context = [ContextMessage(role=d["role"], content=d["content"]) for d in reversed(older)]
+    context.append(ContextMessage(role="user", content=turn.text, image=turn.image))
+    return context
 
 
 async def _outcome(write: Awaitable[object]) -> BaseException | None:
@@ -271,12 +282,18 @@ class Store:
         lock_seconds: int = 900,
         exclusive: bool = True,
         new_conversation_id: str | None = None,
+        staged: bool = False,
     ) -> BegunTurn:
         """Store a turn's user message and return the context for the provider.
 
         Without a `conversation_id` the turn starts a new conversation, named
         `new_conversation_id` when the caller chose it (the gateway does, to queue the
         job while this runs; it must be in the user's namespace) or here otherwise.
+
+        `staged` (an existing or client-named conversation): the lock, the `seq` and
+        the context are taken, and the message's insert is left in `stored`, for the
+        caller to await once it has answered (history's begin-turn answers with the
+        context, then stores the message while the gateway queues the job; ADR 10).
 
         `exclusive` (the chat path) also takes the conversation's one-turn lock;
         without it this is a plain append, still totally ordered by `seq`.
@@ -294,7 +311,9 @@ class Store:
         for _ in range(_BEGIN_ATTEMPTS):
             seq = await self._take_turn(turn, conversation_id)
             if seq is not None:
-                return await self._store_user_message(turn, conversation_id, seq, created=False)
+                return await self._store_user_message(
+                    turn, conversation_id, seq, created=False, staged=staged
+                )
             # Matched nothing: tell apart why, with the same answers as ever.
             conv = await self.conversations.find_one(
                 {"_id": conversation_id}, {"user_id": 1, "active_job": 1}
@@ -304,7 +323,9 @@ class Store:
                 if not conversation_id.startswith(f"{user_id}:"):
                     raise NotFound("conversation not found")
                 if await self._create_conversation(turn, conversation_id):
-                    return await self._store_user_message(turn, conversation_id, 1, created=True)
+                    return await self._store_user_message(
+                        turn, conversation_id, 1, created=True, staged=staged
+                    )
                 continue  # a concurrent request created it first: take a turn in it
             if conv["user_id"] != user_id:
                 raise Forbidden("conversation belongs to another user")
@@ -450,11 +471,21 @@ class Store:
         return None if conv is None else int(conv["next_seq"])
 
     async def _store_user_message(
-        self, turn: _NewTurn, conversation_id: str, seq: int, *, created: bool
+        self, turn: _NewTurn, conversation_id: str, seq: int, *, created: bool, staged: bool
     ) -> BegunTurn:
-        """Insert the message while reading the context before it: the newest message
-        is the one being inserted, and its image is the request's."""
+        """Insert the message while reading the context before it (staged: read the
+        context, and leave the insert to the caller): the newest message is the one
+        being inserted, and its image is the request's."""
         msg_id = user_message_id(turn.job_id)
+        if staged and turn.text:
+            older = await self._context_before(conversation_id, seq, turn.text)
+            return BegunTurn(
+                conversation_id,
+                msg_id,
+                created,
+                _with_message(older, turn),
+                self._insert_user_message(turn, conversation_id, seq),
+            )
         inserted, docs = await asyncio.gather(
             self.messages.insert_one(self._user_message_doc(turn, conversation_id, seq, now())),
             self._context_before(conversation_id, seq, turn.text),
@@ -471,10 +502,15 @@ class Store:
             raise inserted
         if isinstance(docs, BaseException):
             raise docs
-        docs.reverse()
-        context = [ContextMessage(role=d["role"], content=d["content"]) for d in docs]
-        context.append(ContextMessage(role="user", content=turn.text, image=turn.image))
-        return BegunTurn(conversation_id, msg_id, created, context)
+        return BegunTurn(conversation_id, msg_id, created, _with_message(docs, turn))
+
+    async def _insert_user_message(self, turn: _NewTurn, conversation_id: str, seq: int) -> None:
+        """A staged begin's insert. A retried begin finds its message stored already:
+        one message, in the place the first attempt gave it."""
+        with contextlib.suppress(DuplicateKeyError):
+            await self.messages.insert_one(
+                self._user_message_doc(turn, conversation_id, seq, now())
+            )
 
     async def _context_before(self, conversation_id: str, seq: int, text: str) -> list[Doc]:
         """The newest messages below `seq` (newest first) that, with the message at

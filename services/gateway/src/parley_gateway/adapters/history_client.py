@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
 import aiohttp
+import orjson
 import structlog
 from parley_common.schemas import ContextMessage, ImageRef, Source
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
@@ -24,6 +27,8 @@ from parley_gateway.errors import (
 log = structlog.get_logger("parley_gateway.history")
 
 _MESSAGES = TypeAdapter(list[ContextMessage])
+# A staged begin-turn's answer: the context, then whether the message is stored.
+NDJSON = "application/x-ndjson"
 
 
 def _seg(value: str) -> str:
@@ -108,6 +113,64 @@ class BegunTurn:
     conversation_id: str
     user_message_id: str
     context: list[ContextMessage]
+    # A staged begin: resolves once history has stored the user message (raises
+    # Unavailable when it could not); None when it was stored before the answer.
+    stored: asyncio.Future[None] | None = None
+
+
+def _begun(body: Any) -> BegunTurn:
+    return BegunTurn(
+        conversation_id=body["conversation_id"],
+        user_message_id=body["user_message_id"],
+        context=_MESSAGES.validate_python(body["messages"]),
+    )
+
+
+async def _stored(resp: aiohttp.ClientResponse) -> None:
+    """A staged begin's second line: whether history stored the message."""
+    try:
+        line = await resp.content.readline()
+        outcome = orjson.loads(line) if line else None
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        raise _unreachable(exc) from exc
+    finally:
+        resp.release()
+    if not isinstance(outcome, dict) or outcome.get("stored") is not True:
+        log.error("history.message_unsaved")
+        raise Unavailable("conversation history could not store the message", code="history_down")
+
+
+def _unreachable(exc: BaseException) -> Unavailable:
+    log.warning("history.unreachable", error_type=type(exc).__name__)
+    return Unavailable("conversation history is unavailable", code="history_down")
+
+
+def _raise_for(status: int, body: Any) -> None:
+    """History's 4xx as the matching ApiError, its outages as 503."""
+    if status < 400:
+        return
+    message = body.get("error", "history error") if isinstance(body, dict) else "error"
+    if status == 401:
+        # History refused the service credential: a deployment fault, not the
+        # client's (whose token was fine), so not a 401 to the client.
+        log.error("history.credential_refused")
+        raise Unavailable("conversation history is unavailable", code="history_down")
+    if status == 400:
+        raise BadRequest(message)
+    if status == 403:
+        raise Forbidden(message)
+    if status == 404:
+        raise NotFound(message)
+    if status == 409:
+        conflict = Conflict(message, code=body.get("code") if isinstance(body, dict) else None)
+        if isinstance(body, dict) and isinstance(body.get("active_job_id"), str):
+            conflict.extra["active_job_id"] = body["active_job_id"]
+        raise conflict
+    if status >= 500:
+        raise Unavailable("conversation history is unavailable", code="history_down")
+    err = ApiError(message)
+    err.status = status
+    raise err
 
 
 class HistoryClient:
@@ -148,33 +211,8 @@ class HistoryClient:
                 body = await resp.json(content_type=None)
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            log.warning("history.unreachable", error_type=type(exc).__name__)
-            raise Unavailable("conversation history is unavailable", code="history_down") from exc
-        if status >= 400:
-            message = body.get("error", "history error") if isinstance(body, dict) else "error"
-            if status == 401:
-                # History refused the service credential: a deployment fault, not the
-                # client's (whose token was fine), so not a 401 to the client.
-                log.error("history.credential_refused")
-                raise Unavailable("conversation history is unavailable", code="history_down")
-            if status == 400:
-                raise BadRequest(message)
-            if status == 403:
-                raise Forbidden(message)
-            if status == 404:
-                raise NotFound(message)
-            if status == 409:
-                conflict = Conflict(
-                    message, code=body.get("code") if isinstance(body, dict) else None
-                )
-                if isinstance(body, dict) and isinstance(body.get("active_job_id"), str):
-                    conflict.extra["active_job_id"] = body["active_job_id"]
-                raise conflict
-            if status >= 500:
-                raise Unavailable("conversation history is unavailable", code="history_down")
-            err = ApiError(message)
-            err.status = status
-            raise err
+            raise _unreachable(exc) from exc
+        _raise_for(status, body)
         return status, body
 
     async def begin_turn(
@@ -190,31 +228,59 @@ class HistoryClient:
         image: ImageRef | None,
         lock_seconds: int = 900,
         new_conversation_id: str | None = None,
+        staged: bool = False,
     ) -> BegunTurn:
         """Store the user message (durably: history answers after its majority
         writes) and get the context; without `conversation_id`, in a new conversation
-        named `new_conversation_id` (or by history, when that is None)."""
+        named `new_conversation_id` (or by history, when that is None).
+
+        `staged`: history answers with the context at once and stores the message
+        after; `stored` on the result resolves once it has (ADR 10)."""
+        payload = {
+            "conversation_id": conversation_id,
+            "new_conversation_id": new_conversation_id,
+            "channel": channel,
+            "text": text,
+            "provider": provider,
+            "job_id": job_id,
+            "image": image.model_dump() if image else None,
+            "lock_seconds": lock_seconds,
+        }
+        if staged:
+            return await self._begin_staged(user_id, request_id, payload | {"staged": True})
         _, body = await self.request(
-            "POST",
-            "/internal/v1/turns",
-            user_id=user_id,
-            request_id=request_id,
-            json={
-                "conversation_id": conversation_id,
-                "new_conversation_id": new_conversation_id,
-                "channel": channel,
-                "text": text,
-                "provider": provider,
-                "job_id": job_id,
-                "image": image.model_dump() if image else None,
-                "lock_seconds": lock_seconds,
-            },
+            "POST", "/internal/v1/turns", user_id=user_id, request_id=request_id, json=payload
         )
-        return BegunTurn(
-            conversation_id=body["conversation_id"],
-            user_message_id=body["user_message_id"],
-            context=_MESSAGES.validate_python(body["messages"]),
-        )
+        return _begun(body)
+
+    async def _begin_staged(
+        self, user_id: str, request_id: str, payload: dict[str, Any]
+    ) -> BegunTurn:
+        try:
+            resp = await self._session.request(
+                "POST",
+                URL(f"{self._base}/internal/v1/turns", encoded=True),
+                json=payload,
+                headers=self._headers(user_id, request_id),
+                timeout=self._timeout,
+            )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _unreachable(exc) from exc
+        if resp.content_type != NDJSON:  # refused, or answered whole
+            try:
+                body = await resp.json(content_type=None)
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                raise _unreachable(exc) from exc
+            finally:
+                resp.release()
+            _raise_for(resp.status, body)
+            return _begun(body)
+        try:
+            begun = _begun(orjson.loads(await resp.content.readline()))
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as exc:
+            resp.release()
+            raise _unreachable(exc) from exc
+        return dataclasses.replace(begun, stored=asyncio.ensure_future(_stored(resp)))
 
     async def _call(
         self,

@@ -109,6 +109,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
             provider=provider,
             image=image_ref,
             lock_seconds=_active_ttl(svc),
+            staged=not fresh,
         )
         subscribe = scope.enter_async_context(svc.hub.subscribe(job_id))
         subscribed: object = None
@@ -123,8 +124,9 @@ async def chat(request: web.Request) -> web.StreamResponse:
                 [ContextMessage(role="user", content=req.text, image=image_ref)],
             )
         else:
-            # The user message is stored (and the context read) while this gateway
-            # subscribes to the job's events.
+            # The turn is taken and its context read while this gateway subscribes to
+            # the job's events; history stores the message while the job is queued
+            # (`stored`: a staged begin, ADR 10).
             begun, subscribed = await asyncio.gather(begin, subscribe, return_exceptions=True)
             if isinstance(begun, BaseException):
                 if idem_key is not None:
@@ -148,6 +150,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
         meta = MetaEvent(conversation_id=turn.conversation_id, provider=provider, job_id=job_id)
         meta_raw = encode_envelope(0, meta)
         if isinstance(subscribed, BaseException):
+            if turn.stored is not None:
+                await asyncio.gather(turn.stored, return_exceptions=True)
             await _not_queued(svc, user_id, request_id, idem_key, job, subscribed)
             raise _as_api_error(subscribed)
         # Queued, listed as running and its replay log opened with the meta event (so a
@@ -164,7 +168,12 @@ async def chat(request: web.Request) -> web.StreamResponse:
         svc.hub.log.publish_in(listing, job_id, [meta_raw])
         # A new conversation's turn is also stored (once queued) and followed: the
         # stream then reads the job's replay log for what came before it subscribed.
-        alongside = [_once(queuing, begin), subscribe] if fresh else []
+        # Another's message is being stored meanwhile.
+        alongside: list[Awaitable[object]] = []
+        if fresh:
+            alongside = [_once(queuing, begin), subscribe]
+        elif turn.stored is not None:
+            alongside = [turn.stored]
         queued, listed, *also = await asyncio.gather(
             queuing, listing.execute(), *alongside, return_exceptions=True
         )
