@@ -199,6 +199,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         # A stream may stay open for minutes: hold nothing it no longer needs (the
         # request body and an image in it, the job, an encoder's oversized buffer).
         del body, req, image, image_ref, turn, job, meta, meta_raw, also, alongside, subscribed
+        del begin, subscribe, queuing, listing
         if streaming:
             return await relay(
                 request,
