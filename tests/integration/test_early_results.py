@@ -150,3 +150,27 @@ async def test_a_gateway_chosen_id_outside_the_users_namespace_is_refused(stack:
         body = await resp.json()
     assert resp.status == 400 and "new_conversation_id" in body["error"]
     assert await stack.db["messages"].count_documents({"user_id": user}) == 0
+
+
+async def test_a_gateway_named_conversation_is_answered_without_its_context(stack: Stack):
+    """The gateway holds a first message's context (its image included) already: history
+    does not send it back."""
+    user, job = uid(), _job()
+    conv = new_conversation_id(user, "web")
+    image = {"mime": "image/png", "data_base64": "aGVsbG8=" * 1000}
+    async with stack.http.post(
+        f"{stack.history_url}/internal/v1/turns",
+        json={
+            "new_conversation_id": conv,
+            "text": "look",
+            "image": image,
+            "provider": "groq",
+            "job_id": job,
+        },
+        headers={"X-Parley-User": user, "Authorization": f"Bearer {SERVICE_TOKEN}"},
+    ) as resp:
+        body = await resp.json()
+    assert resp.status == 201, body
+    assert body == {"conversation_id": conv, "user_message_id": f"msg-{job}-u", "created": True}
+    [stored] = await stack.messages_in_db(conv)
+    assert stored["content"] == "look" and stored["image"] == image

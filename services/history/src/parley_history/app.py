@@ -209,12 +209,15 @@ async def begin_turn(request: web.Request) -> web.StreamResponse:
         created=turn.created,
         context_messages=len(turn.context),
     )
-    answer = {
+    answer: dict[str, object] = {
         "conversation_id": turn.conversation_id,
         "user_message_id": turn.user_message_id,
         "created": turn.created,
-        "messages": [m.model_dump(mode="json") for m in turn.context],
     }
+    if chosen is None:
+        # A caller that named the conversation holds its context already (the message,
+        # its image included): it is not sent back.
+        answer["messages"] = [m.model_dump(mode="json") for m in turn.context]
     status = 201 if turn.created else 200
     if turn.stored is None:
         TURNS_BEGUN.inc()

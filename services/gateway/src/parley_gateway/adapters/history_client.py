@@ -119,10 +119,12 @@ class BegunTurn:
 
 
 def _begun(body: Any) -> BegunTurn:
+    """History's answer; without `messages` for a conversation the gateway named, whose
+    context it holds already."""
     return BegunTurn(
         conversation_id=body["conversation_id"],
         user_message_id=body["user_message_id"],
-        context=_MESSAGES.validate_python(body["messages"]),
+        context=_MESSAGES.validate_python(body.get("messages", [])),
     )
 
 
