@@ -23,6 +23,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Buckets for HTTP request latency: the API's own answers take milliseconds; a streamed
 # turn is counted until its stream ends, so the top buckets are in minutes.
+# History's staged begin-turn answer (ADR 10): two lines of JSON, the context, then
+# whether the user message is stored.
+NDJSON = "application/x-ndjson"
+
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 

@@ -23,7 +23,13 @@ from parley_common.amqp import (
     open_channel,
 )
 from parley_common.events import JobEvents
-from parley_common.http import add_probe_routes, amqp_connected, request_metrics, route_of
+from parley_common.http import (
+    NDJSON,
+    add_probe_routes,
+    amqp_connected,
+    request_metrics,
+    route_of,
+)
 from parley_common.jobs import JobRegistry
 from parley_common.schemas import ImageRef, TurnResult, TurnStatus
 from parley_common.topology import Topology
@@ -49,8 +55,6 @@ from parley_history.store import Store, open_client
 log = structlog.get_logger("parley_history.app")
 
 SETTINGS = web.AppKey("settings", HistorySettings)
-# A staged begin-turn's answer: the context, then whether the message is stored.
-NDJSON = "application/x-ndjson"
 __all__ = ["AUTH_CHECK", "REQUEST_ID_HEADER", "SETTINGS", "STORE", "USER_HEADER", "create_app"]
 
 
@@ -202,7 +206,6 @@ async def begin_turn(request: web.Request) -> web.StreamResponse:
         new_conversation_id=chosen,
         staged=body.staged,
     )
-
     structlog.contextvars.bind_contextvars(conversation_id=turn.conversation_id)
     log.info(
         "turn.begun",

@@ -298,12 +298,13 @@ class Store:
         `exclusive` (the chat path) also takes the conversation's one-turn lock;
         without it this is a plain append, still totally ordered by `seq`.
 
-        Round trips: a new conversation is one (the conversation, created already
-        locked and counting its first message, and that message are inserted at
-        once); an existing one is two (one update checks the owner, takes the lock
-        and the message's `seq`, acknowledged applied (`conversations_then`); then
-        the message is inserted, a majority write that makes both durable, while
-        the older context is read)."""
+        Round trips: a new conversation is two (the conversation, created already
+        locked and counting its first message, acknowledged applied; then that
+        message, a majority write that makes both durable); an existing one is two
+        (one update checks the owner, takes the lock and the message's `seq`,
+        acknowledged applied (`conversations_then`); then the message is inserted, a
+        majority write that makes both durable, while the older context is read, or,
+        staged, after it)."""
         turn = _NewTurn(user_id, channel, text, image, provider, job_id, lock_seconds, exclusive)
         if conversation_id is None:
             return await self._begin_in_new_conversation(turn, new_conversation_id)

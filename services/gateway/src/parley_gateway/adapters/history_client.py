@@ -11,6 +11,7 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 import structlog
+from parley_common.http import NDJSON
 from parley_common.schemas import ContextMessage, ImageRef, Source
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from yarl import URL
@@ -27,8 +28,6 @@ from parley_gateway.errors import (
 log = structlog.get_logger("parley_gateway.history")
 
 _MESSAGES = TypeAdapter(list[ContextMessage])
-# A staged begin-turn's answer: the context, then whether the message is stored.
-NDJSON = "application/x-ndjson"
 
 
 def _seg(value: str) -> str:

@@ -85,7 +85,6 @@ async def chat(request: web.Request) -> web.StreamResponse:
     provider = await resolve_provider(svc, req.provider, user_id, request[REQUEST_ID])
     request_id = request[REQUEST_ID]
     job_id = f"job-{secrets.token_hex(12)}"
-
     structlog.contextvars.bind_contextvars(job_id=job_id, provider=provider, user_id=user_id)
     streaming = wants_stream(request, req.stream)
 
