@@ -332,3 +332,48 @@ async def test_identity_provider_down_before_any_fetch_is_503_not_401():
 def test_unsafe_auth_settings_refuse_to_start(settings: dict[str, str]):
     with pytest.raises(AuthConfigError):
         check_auth_settings(GatewaySettings(_env_file=None, **settings))  # type: ignore[arg-type]
+
+
+async def test_a_verified_token_is_remembered_no_longer_than_the_cache_time_or_its_exp():
+    secret, rotated = "s" * 40, "r" * 40
+    clock = Clock()
+    clock.now = time.time()
+    now = int(clock.now)
+
+    def token(exp_in: int) -> str:
+        return jwt.encode({"sub": "u", "iat": now, "exp": now + exp_in}, secret, "HS256")
+
+    def authenticator(session: aiohttp.ClientSession, seconds: float) -> Authenticator:
+        settings = GatewaySettings(
+            _env_file=None,
+            auth_jwt_secret=secret,  # type: ignore[arg-type]
+            auth_leeway=0,
+            auth_verified_cache_seconds=seconds,
+        )
+        return Authenticator(settings, session, clock=clock)
+
+    async with aiohttp.ClientSession() as session:
+        auth = authenticator(session, 60)
+        long_lived, short_lived = token(3600), token(10)
+        assert await auth.verify(long_lived) == "u"
+        assert await auth.verify(short_lived) == "u"
+        # The secret changes (a rotation): what was verified is still taken as verified...
+        auth._secret = rotated
+        assert await auth.verify(long_lived) == "u"
+        assert await auth.verify(short_lived) == "u"
+        # ...but never past its own exp (plus the leeway, 0 here)...
+        clock.now += 11
+        with pytest.raises(Unauthorized):
+            await auth.verify(short_lived)
+        assert await auth.verify(long_lived) == "u"
+        # ...nor past the cache time: then it is checked again, and fails.
+        clock.now += 50
+        with pytest.raises(Unauthorized):
+            await auth.verify(long_lived)
+
+        # AUTH_VERIFIED_CACHE_SECONDS=0: every request's token is checked.
+        auth = authenticator(session, 0)
+        assert await auth.verify(long_lived) == "u"
+        auth._secret = rotated
+        with pytest.raises(Unauthorized):
+            await auth.verify(long_lived)

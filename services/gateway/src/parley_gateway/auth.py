@@ -14,10 +14,18 @@ signed with any other key are all refused.
 Claims: `exp`, `iat` and `sub` are required; `nbf` is honoured; `aud` and `iss` are
 checked when AUTH_AUDIENCE / AUTH_ISSUER are set; clock skew up to AUTH_LEEWAY seconds.
 Every refusal is a 401 with a short reason that never repeats the token.
+
+A verified token is remembered (by its SHA-256) for AUTH_VERIFIED_CACHE_SECONDS, never
+past its own `exp` plus the leeway, so a client's next requests skip the signature
+check; only tokens that passed every check are remembered. A key removed from the JWKS
+is trusted for as long already (the key document is cached for longer).
 """
 
 from __future__ import annotations
 
+import hashlib
+import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -37,6 +45,8 @@ REQUIRED_CLAIMS = ["exp", "iat", "sub"]
 MAX_TOKEN_BYTES = 8192
 MAX_SUB_CHARS = 256
 MIN_SECRET_BYTES = 32
+# Verified tokens remembered at most; the oldest is forgotten first.
+VERIFIED_CACHE_SIZE = 4096
 
 
 class AuthConfigError(ValueError):
@@ -64,8 +74,17 @@ def bearer_token(request: web.Request) -> str:
 
 
 class Authenticator:
-    def __init__(self, settings: GatewaySettings, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        session: aiohttp.ClientSession,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         check_auth_settings(settings)
+        self._clock = clock
+        self._remember_seconds = settings.auth_verified_cache_seconds
+        # SHA-256 of a verified token -> (its user, until when it is taken as verified).
+        self._verified: dict[bytes, tuple[str, float]] = {}
         secret = settings.auth_jwt_secret
         self._secret = secret.get_secret_value() if secret else None
         self._audience = settings.auth_audience
@@ -85,6 +104,23 @@ class Authenticator:
 
     async def verify(self, token: str) -> str:
         """The `sub` of a valid token; Unauthorized otherwise."""
+        if self._remember_seconds <= 0:
+            return (await self._verify(token))[0]
+        digest = hashlib.sha256(token.encode()).digest()
+        now = self._clock()
+        known = self._verified.get(digest)
+        if known is not None:
+            if now < known[1]:
+                return known[0]
+            del self._verified[digest]
+        sub, expires = await self._verify(token)
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            del self._verified[next(iter(self._verified))]
+        self._verified[digest] = (sub, min(expires + self._leeway, now + self._remember_seconds))
+        return sub
+
+    async def _verify(self, token: str) -> tuple[str, float]:
+        """The signature and claims checked: the token's `sub` and `exp`."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError as exc:
@@ -116,7 +152,7 @@ class Authenticator:
             raise Unauthorized("token expired") from exc
         except jwt.InvalidTokenError as exc:
             raise Unauthorized("invalid token") from exc
-        return _checked_sub(claims.get("sub"))
+        return _checked_sub(claims.get("sub")), float(claims["exp"])
 
     async def _jwks_key(self, kid: object) -> SigningKey:
         assert self.jwks is not None

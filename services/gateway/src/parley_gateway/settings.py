@@ -18,6 +18,9 @@ class GatewaySettings(ProviderSettings, WebSearchSettings):
     auth_issuer: str | None = None
     # Seconds of clock skew tolerated on exp/nbf/iat.
     auth_leeway: int = Field(default=30, ge=0, le=120)
+    # How long a verified token is taken as verified without checking it again (never
+    # past its `exp` plus the leeway); 0 checks every request's token.
+    auth_verified_cache_seconds: float = Field(default=60.0, ge=0)
     # Per-user requests per minute on the authenticated API (0: no limit), and streams
     # (chat turns and resumed streams) one user may hold open at once, cluster-wide.
     rate_limit_per_minute: int = Field(default=120, ge=0)
