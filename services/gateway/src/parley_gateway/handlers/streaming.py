@@ -7,6 +7,7 @@ import time
 
 import structlog
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 from aiohttp_sse import EventSourceResponse
 from parley_common.schemas import ErrorEvent, EventEnvelope
 
@@ -161,6 +162,23 @@ class SseResponse(EventSourceResponse):
     JSON and `id`/`event` are a number and a known type, so the frames need no
     escaping beyond what `send` would do for a stray line break."""
 
+    _transport: asyncio.Transport | None = None
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        writer = await super().prepare(request)
+        transport = request.transport
+        self._transport = transport if isinstance(transport, asyncio.Transport) else None
+        return writer
+
+    def _fits(self, size: int) -> bool:
+        """Whether `size` more bytes stay under the socket buffer's high-water mark: such
+        a write is handed to the kernel or buffered, and cannot wait on the client."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return False
+        _, high = transport.get_write_buffer_limits()
+        return transport.get_write_buffer_size() + size <= high
+
     async def send_events(self, envs: list[EventEnvelope]) -> None:
         parts = []
         for env in envs:
@@ -168,9 +186,13 @@ class SseResponse(EventSourceResponse):
             if "\n" in data or "\r" in data:
                 data = "\ndata: ".join(self.LINE_SEP_EXPR.split(data))
             parts.append(f"id: {env.seq}\nevent: {env.type}\ndata: {data}\n\n")
+        payload = "".join(parts).encode()
         try:
+            if self._fits(len(payload)):
+                await self.write(payload)  # no timer needed: nothing to wait for
+                return
             async with asyncio.timeout(self._send_timeout):
-                await self.write("".join(parts).encode())
+                await self.write(payload)
         except ConnectionResetError:
             self.stop_streaming()
             raise
