@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import weakref
+
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -42,3 +46,33 @@ async def test_hostile_deltas_arrive_as_one_assistant_event_each(together: bool)
     assert [e.event for e in events] == ["assistant"] * len(HOSTILE)
     assert [e.id for e in events] == [str(i) for i in range(1, len(HOSTILE) + 1)]
     assert [e.data["delta"] for e in events] == HOSTILE
+
+
+async def test_an_ended_stream_is_freed_without_a_full_collection():
+    # Its heartbeat task, cancelled, keeps a traceback that holds the response: unless
+    # the response lets go of the task, every ended stream waits for a full collection
+    # (which, with thousands of streams open, pauses them all; parley_common.runtime).
+    freed = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = SseResponse(sep="\n", ping_interval=0.05)
+        weakref.finalize(resp, freed.set)
+        await resp.prepare(request)
+        await resp.send_events([decode_envelope(encode_delta(1, "assistant", "hi"))])
+        resp.stop_streaming()
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    gc.collect()
+    gc.disable()
+    try:
+        async with TestClient(TestServer(app)) as client:
+            # (closed after it: a kept-alive connection holds its last response)
+            resp = await client.get("/", headers={"Connection": "close"})
+            events, _ = parse_sse(await resp.text())
+            assert [e.event for e in events] == ["assistant"]
+            await asyncio.wait_for(freed.wait(), timeout=5)
+    finally:
+        gc.enable()
