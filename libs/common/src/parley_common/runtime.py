@@ -11,21 +11,50 @@ the service has started (`freeze_after_startup`: building the provider SDK clien
 alone imports some 50,000 objects). A full collection otherwise walks all of them
 and stops every stream of the process for 30-160 ms, a few times a minute
 (docs/benchmarks.md, "Pauses").
+
+Full collections are then started by the service, every `PARLEY_GC_FULL_SECONDS` (300),
+not by Python. Python starts one whenever the objects that survived two young
+collections have grown by a quarter since the last: a gateway opening thousands of
+streams grows that way all the time, and each full collection walks every open
+stream's objects, stopping them all (about 1 s at 10,000 streams on the benchmark
+machine, every few seconds while they opened). Young collections stay automatic; what
+only a full collection frees (reference cycles that outlived two young collections) waits
+at most the interval. `0` leaves full collections to Python.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
 
 import structlog
 
 log = structlog.get_logger("parley_common.runtime")
 
 
+# A third threshold no count reaches: Python never starts a full collection itself.
+_NEVER = 2**31 - 1
+
+
+def full_collection_seconds() -> float:
+    raw = os.environ.get("PARLEY_GC_FULL_SECONDS", "300").strip()
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise SystemExit(f"PARLEY_GC_FULL_SECONDS must be a number of seconds >= 0, not {raw!r}")
+    return seconds
+
+
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    if full_collection_seconds() > 0:
+        young, older, _ = gc.get_threshold()
+        gc.set_threshold(young, older, _NEVER)
     freeze_startup_heap()
     choice = os.environ.get("PARLEY_EVENT_LOOP", "uvloop").strip().lower()
     if choice == "asyncio":
@@ -53,3 +82,38 @@ def freeze_startup_heap() -> None:
     future collections (they live as long as the process)."""
     gc.collect()
     gc.freeze()
+
+
+async def collect_fully(seconds: float) -> None:
+    """Run a full collection every `seconds`, for as long as the service runs."""
+    while True:
+        await asyncio.sleep(seconds)
+        started = time.perf_counter()
+        found = gc.collect()
+        log.info(
+            "gc.full_collection",
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+            collected=found,
+        )
+
+
+@contextlib.asynccontextmanager
+async def full_collections() -> AsyncIterator[None]:
+    """`collect_fully` in a task, while the block runs (nothing when the setting is 0)."""
+    seconds = full_collection_seconds()
+    if seconds <= 0:
+        yield
+        return
+    task = asyncio.create_task(collect_fully(seconds), name="gc-full-collections")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def full_collections_ctx(_app: object) -> AsyncIterator[None]:
+    """The same for an aiohttp application (`app.cleanup_ctx`)."""
+    async with full_collections():
+        yield

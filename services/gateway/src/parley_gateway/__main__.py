@@ -7,7 +7,7 @@ import sys
 import structlog
 from aiohttp import web
 from parley_common.logging import configure_logging
-from parley_common.runtime import freeze_after_startup, new_event_loop
+from parley_common.runtime import freeze_after_startup, full_collections_ctx, new_event_loop
 
 from parley_gateway.app import create_app
 from parley_gateway.auth import AuthConfigError
@@ -25,6 +25,7 @@ def main() -> None:
         structlog.get_logger("parley_gateway").error("gateway.config_error", error=str(exc))
         sys.exit(2)
     app.on_startup.append(freeze_after_startup)
+    app.cleanup_ctx.append(full_collections_ctx)
     web.run_app(
         app,
         host=settings.gateway_host,

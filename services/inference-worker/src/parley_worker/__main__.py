@@ -11,7 +11,7 @@ import structlog
 from aiohttp import web
 from parley_common.http import add_probe_routes, amqp_connected, request_metrics
 from parley_common.logging import configure_logging
-from parley_common.runtime import freeze_startup_heap, loop_factory
+from parley_common.runtime import freeze_startup_heap, full_collections, loop_factory
 
 from parley_worker.consumer import Worker
 from parley_worker.metrics import REQUEST_SECONDS, REQUESTS
@@ -65,7 +65,8 @@ async def serve(settings: WorkerSettings, providers: list[str]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    async with full_collections():
+        await stop.wait()
     # Probes and metrics stay up while running turns finish (/readyz answers 503).
     log.info("worker.stopping", running=worker.running)
     await worker.stop()
