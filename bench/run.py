@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import json
 import os
 import platform
@@ -41,6 +40,7 @@ from typing import Any
 import aiohttp
 import orjson
 import uvloop
+from parley_common.runtime import freeze_startup_heap, stop_automatic_full_collections
 
 from bench.load import (
     closed_loop,
@@ -507,9 +507,7 @@ def main() -> int:
     # Nor does it run full collections: holding 10,000 client streams, one would stop
     # the instrument for about a second and show up as late heartbeats (a run is
     # minutes long; what cycles it leaves wait for the process to end).
-    gc.collect()
-    gc.freeze()
-    young, older, _ = gc.get_threshold()
-    gc.set_threshold(young, older, 2**31 - 1)
+    freeze_startup_heap()
+    stop_automatic_full_collections()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main_async(parse()))

@@ -10,7 +10,11 @@ import sys
 import weakref
 
 import pytest
-from parley_common.runtime import full_collections, loop_factory
+from parley_common.runtime import (
+    full_collections,
+    loop_factory,
+    stop_automatic_full_collections,
+)
 
 
 def test_startup_heap_is_frozen_before_the_loop_starts() -> None:
@@ -69,7 +73,7 @@ async def test_the_service_frees_reference_cycles_that_outlived_young_collection
 ) -> None:
     monkeypatch.setenv("PARLEY_GC_FULL_SECONDS", "0.05")
     thresholds = gc.get_threshold()
-    gc.set_threshold(thresholds[0], thresholds[1], 2**31 - 1)  # as in a service
+    stop_automatic_full_collections()  # as in a service
     try:
         freed = asyncio.Event()
         cycle = _Cyclic()

@@ -51,10 +51,15 @@ def full_collection_seconds() -> float:
     return seconds
 
 
+def stop_automatic_full_collections() -> None:
+    """Python no longer starts full collections (young ones stay automatic)."""
+    young, older, _ = gc.get_threshold()
+    gc.set_threshold(young, older, _NEVER)
+
+
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     if full_collection_seconds() > 0:
-        young, older, _ = gc.get_threshold()
-        gc.set_threshold(young, older, _NEVER)
+        stop_automatic_full_collections()
     freeze_startup_heap()
     choice = os.environ.get("PARLEY_EVENT_LOOP", "uvloop").strip().lower()
     if choice == "asyncio":
