@@ -21,22 +21,27 @@ BODY = (
 
 
 class Body:
-    """What `iter_sse_json` reads of an SDK response: its bytes and its request."""
+    """A streamed HTTP response as the SDK's `post` returns it, its bytes arriving in
+    pieces of `step`; `read` counts how far it was read."""
 
     def __init__(self, body: bytes, step: int) -> None:
         self.body = body
         self.step = step
         self.read = 0
-        self.http_request = httpx2.Request("POST", "http://sim/v1/chat/completions")
+        self.response = httpx2.Response(
+            200,
+            content=self._pieces(),
+            request=httpx2.Request("POST", "http://sim/v1/chat/completions"),
+        )
 
-    async def iter_bytes(self) -> AsyncIterator[bytes]:
+    async def _pieces(self) -> AsyncIterator[bytes]:
         for i in range(0, len(self.body), self.step):
             self.read = i + self.step
             yield self.body[i : i + self.step]
 
 
 async def collect(body: Body) -> list[dict[str, Any]]:
-    return [obj async for obj in iter_sse_json(body)]  # type: ignore[arg-type]
+    return [obj async for obj in iter_sse_json(body.response)]
 
 
 @pytest.mark.parametrize("step", [1, 2, 7, 64, 4096])

@@ -1,7 +1,8 @@
 """The data of an OpenAI-style SSE stream, decoded once with orjson.
 
-The request still goes through the `openai` SDK (`with_streaming_response`: its
-auth, endpoint, timeouts and status errors); only the per-chunk decoding is ours.
+The request still goes through the `openai` SDK (its client's `post`: its auth,
+endpoint, headers, timeouts and status errors, returning the streamed HTTP response);
+only the per-chunk decoding is ours.
 The SDK builds a typed object tree for every chunk, which was most of a worker's
 CPU per token (docs/benchmarks.md); a relay needs a handful of fields of a dict.
 Semantics follow the SDK's `AsyncStream`: `[DONE]` ends the data (the rest of the
@@ -14,16 +15,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx2
 import openai
 import orjson
-from openai._response import AsyncAPIResponse
 
 
-async def iter_sse_json(response: AsyncAPIResponse[Any]) -> AsyncIterator[dict[str, Any]]:
+async def iter_sse_json(response: httpx2.Response) -> AsyncIterator[dict[str, Any]]:
     pending = b""
     data: list[bytes] = []
     finished = False
-    async for chunk in response.iter_bytes():
+    async for chunk in response.aiter_bytes():
         if finished:
             continue  # drain after [DONE]
         *lines, pending = (pending + chunk).split(b"\n")
@@ -50,7 +51,7 @@ async def iter_sse_json(response: AsyncAPIResponse[Any]) -> AsyncIterator[dict[s
                     message=message
                     if isinstance(message, str) and message
                     else "An error occurred during streaming",
-                    request=response.http_request,
+                    request=response.request,
                     body=error,
                 )
             yield obj
