@@ -193,11 +193,15 @@ class AnthropicProvider:
         # `{"type": "enabled", "budget_tokens": N}` (N >= 1024, below max_tokens).
         self._thinking: ThinkingConfigParam | Omit = omit if thinking is None else thinking
         # Retries are Parley's (worker-level, before the first token), not the SDK's.
+        # On the SDK's aiohttp transport (`anthropic[aiohttp]`), as the OpenAI adapters:
+        # aiohttp's C parser reads the streamed body (ADR 9).
+        timeout = anthropic.Timeout(timeouts.idle, connect=timeouts.connect)
         self._client = AsyncAnthropic(
             api_key=config.api_key.get_secret_value(),
             base_url=config.base_url,
             max_retries=0,
-            timeout=anthropic.Timeout(timeouts.idle, connect=timeouts.connect),
+            timeout=timeout,
+            http_client=anthropic.DefaultAioHttpClient(timeout=timeout),
         )
 
     async def aclose(self) -> None:
