@@ -116,15 +116,24 @@ async def parley_turn(
     return Turn(ttft, total, deltas)
 
 
-async def direct_turn(http: aiohttp.ClientSession, sim_url: str, text: str, expect: int) -> Turn:
-    """The baseline: the same streamed completion, asked of the simulator directly."""
+async def direct_turn(
+    http: aiohttp.ClientSession,
+    base_url: str,
+    text: str,
+    expect: int,
+    *,
+    model: str = "sim-model",
+    key: str = "sim-key",
+) -> Turn:
+    """The baseline: the same streamed completion (OpenAI Chat Completions at
+    `base_url`), asked of the simulator directly, or of a proxy in front of it."""
     request = {
-        "model": "sim-model",
+        "model": model,
         "stream": True,
         "messages": [{"role": "user", "content": text}],
     }
     got = await _stream(
-        http, f"{sim_url}/openai/v1/chat/completions", request, "Bearer sim-key", FIRST_DIRECT
+        http, f"{base_url}/chat/completions", request, f"Bearer {key}", FIRST_DIRECT
     )
     if isinstance(got, Turn):
         return got

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +44,7 @@ import uvloop
 from parley_common.runtime import freeze_startup_heap, stop_automatic_full_collections
 
 from bench.load import (
+    Turn,
     closed_loop,
     direct_turn,
     directives,
@@ -51,7 +53,7 @@ from bench.load import (
     session,
 )
 from bench.profile import Profiler
-from bench.stack import ROOT, SERVICE_ENV, BenchStack, cpu_delta, rss_bytes, token
+from bench.stack import ROOT, SERVICE_ENV, BenchStack, Proxy, cpu_delta, rss_bytes, token
 from tests.support.infra import Infra, provide_infra
 
 PARLEY_PROCS = ("gateway", "history", "worker")
@@ -123,8 +125,16 @@ async def turns_scenario(
             lambda i: parley_turn(http, stack.url, auths[i % len(auths)], text, tokens),
         )
         base = await closed_loop(
-            concurrency, turns, lambda i: direct_turn(http, stack.sim_url, text, tokens), ramp
+            concurrency,
+            turns,
+            lambda i: direct_turn(http, f"{stack.sim_url}/openai/v1", text, tokens),
+            ramp,
         )
+        proxied: dict[str, Any] | None = None
+        if stack.proxy is not None and not continued:
+            proxied = await proxy_arm(
+                stack, stack.proxy, http, (concurrency, turns, ramp), text, tokens
+            )
         profiler: contextlib.AbstractAsyncContextManager[object] = contextlib.nullcontext()
         if profile is not None:
             pids = {n: p.pid for n, p in stack.procs.items() if n != "sim"}
@@ -149,17 +159,50 @@ async def turns_scenario(
             )
             cpu = cpu_delta(before, stack.cpu())
     parley, direct = run.summary(), base.summary()
-    return {
+    out = {
         "concurrency": concurrency,
         "tokens": tokens,
         "delay_ms": delay_ms,
         "parley": parley,
         "direct": direct,
-        "ttft_overhead_ms": {
-            q: round(parley["ttft_ms"][q] - direct["ttft_ms"][q], 2) for q in ("p50", "p90", "p99")
-        },
+        "ttft_overhead_ms": overhead(parley, direct),
         "cpu_ms_per_turn": per_turn(cpu, len(run.turns)),
         "parley_cpu_ms_per_turn": round(parley_cpu_ms(cpu, len(run.turns)), 3),
+    }
+    if proxied is not None:
+        proxied["ttft_overhead_ms"] = overhead(proxied, direct)
+        out["proxy"] = proxied
+    return out
+
+
+def overhead(measured: dict[str, Any], direct: dict[str, Any]) -> dict[str, float]:
+    return {
+        q: round(measured["ttft_ms"][q] - direct["ttft_ms"][q], 2) for q in ("p50", "p90", "p99")
+    }
+
+
+async def proxy_arm(
+    stack: BenchStack,
+    proxy: Proxy,
+    http: aiohttp.ClientSession,
+    load: tuple[int, int, float],
+    text: str,
+    tokens: int,
+) -> dict[str, Any]:
+    """The direct baseline's load through the other proxy (`--proxy-cmd`): its turns,
+    TTFT and its own CPU per turn, for a comparison made in the same run."""
+
+    def turn(i: int) -> Awaitable[Turn]:
+        return direct_turn(http, stack.proxy_url, text, tokens, model=proxy.model, key=proxy.key)
+
+    concurrency, turns, ramp = load
+    await closed_loop(min(concurrency, 8), min(concurrency, 8) * 2, turn)  # warm up
+    before = stack.proxy_cpu()
+    run = await closed_loop(concurrency, turns, turn, ramp)
+    spent = stack.proxy_cpu() - before
+    return run.summary() | {
+        "command": proxy.command,
+        "cpu_ms_per_turn": round(spent * 1000 / max(1, len(run.turns)), 3),
     }
 
 
@@ -391,6 +434,27 @@ def headline(results: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def comparison(results: dict[str, Any]) -> str:
+    """Parley beside the other proxy (`--proxy-cmd`), scenario by scenario."""
+    lines = [
+        "| scenario | TTFT overhead p50 / p99 (ms): Parley | proxy "
+        "| CPU per turn (ms): Parley | proxy | turns/s: Parley | proxy | errors |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in results.items():
+        proxy = r.get("proxy") if isinstance(r, dict) else None
+        if proxy is None:
+            continue
+        ours, theirs = r["ttft_overhead_ms"], proxy["ttft_overhead_ms"]
+        lines.append(
+            f"| {name} | {ours['p50']:g} / {ours['p99']:g} | {theirs['p50']:g} / "
+            f"{theirs['p99']:g} | {r['parley_cpu_ms_per_turn']:g} | "
+            f"{proxy['cpu_ms_per_turn']:g} | {r['parley']['turns_per_s']:g} | "
+            f"{proxy['turns_per_s']:g} | {proxy['errors']} |"
+        )
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def verdicts(head: dict[str, float]) -> dict[str, bool]:
     out = {}
     for key, value in head.items():
@@ -421,7 +485,17 @@ async def main_async(args: argparse.Namespace) -> int:
     with provide_infra() as infra, tempfile.TemporaryDirectory(prefix="parley-bench-") as tmp:
         logdir = Path(tmp)
         if scenarios & {"ttft_1", "ttft_1c", "c32", "c256"}:
-            stack = await BenchStack(infra, logdir, workers=args.workers).start()
+            proxy = (
+                Proxy(
+                    args.proxy_cmd,
+                    model=args.proxy_model,
+                    key=args.proxy_key,
+                    path=args.proxy_path.rstrip("/"),
+                )
+                if args.proxy_cmd
+                else None
+            )
+            stack = await BenchStack(infra, logdir, workers=args.workers, proxy=proxy).start()
             try:
                 if "ttft_1" in scenarios:
                     results["ttft_1"] = await turns_scenario(
@@ -467,6 +541,8 @@ async def main_async(args: argparse.Namespace) -> int:
     results["headline"] = head
     results["met"] = met
     print(table(head, met))
+    if beside := comparison(results):
+        print(beside)
     out_dir = Path(args.out) if args.out else ROOT / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -498,6 +574,18 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--profile", default="", help="record py-spy profiles of the turn scenarios here"
     )
     p.add_argument("--out", default="", help="results directory (default bench/results)")
+    p.add_argument(
+        "--proxy-cmd",
+        default="",
+        help="also drive the direct load through another OpenAI-compatible proxy, started "
+        "by this shell command ({sim_url}: the simulator's OpenAI base URL, {port}: its "
+        "port)",
+    )
+    p.add_argument(
+        "--proxy-path", default="/v1", help="the proxy's base path, before /chat/completions"
+    )
+    p.add_argument("--proxy-model", default="sim-model", help="model name the proxy serves")
+    p.add_argument("--proxy-key", default="sim-key", help="bearer token the proxy accepts")
     return p.parse_args(argv)
 
 

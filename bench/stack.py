@@ -95,6 +95,20 @@ def token(user: str) -> str:
     )
 
 
+@dataclass(frozen=True)
+class Proxy:
+    """Another OpenAI-compatible proxy, run in front of the same simulator and driven
+    with the direct baseline's load: `command` is a shell command, in which `{sim_url}`
+    becomes the simulator's OpenAI base URL and `{port}` the port to listen on; the
+    proxy is asked at `http://127.0.0.1:{port}{path}/chat/completions` for `model`,
+    with `key` as its bearer token."""
+
+    command: str
+    model: str = "sim-model"
+    key: str = "sim-key"
+    path: str = "/v1"
+
+
 @dataclass
 class BenchStack:
     infra: Infra
@@ -107,6 +121,9 @@ class BenchStack:
     db_name: str = field(default_factory=lambda: f"parley_bench_{secrets.token_hex(4)}")
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
+    proxy: Proxy | None = None
+    _proxy_proc: subprocess.Popen[bytes] | None = None
+    _proxy_pid: int | None = None
 
     @property
     def url(self) -> str:
@@ -115,6 +132,11 @@ class BenchStack:
     @property
     def sim_url(self) -> str:
         return f"http://127.0.0.1:{self.ports['sim']}"
+
+    @property
+    def proxy_url(self) -> str:
+        assert self.proxy is not None
+        return f"http://127.0.0.1:{self.ports['proxy']}{self.proxy.path}"
 
     def env(self) -> dict[str, str]:
         base = {k: v for k, v in os.environ.items() if not k.endswith(("_API_KEY", "_HOST"))}
@@ -157,7 +179,32 @@ class BenchStack:
                 await self.wait_ready(f"http://127.0.0.1:{port}/readyz")
         self._spawn("gateway", env, "parley_gateway")
         await self.wait_ready(f"{self.url}/readyz")
+        if self.proxy is not None:
+            await self._start_proxy(self.proxy)
         return self
+
+    def _spawn_proxy(self, command: str) -> subprocess.Popen[bytes]:
+        log = open(self.logdir / "proxy.log", "wb")  # noqa: SIM115 - closed with the process
+        return subprocess.Popen(  # noqa: S602 - the operator's own command line
+            command, shell=True, stdout=log, stderr=log, start_new_session=True
+        )
+
+    async def _start_proxy(self, proxy: Proxy, seconds: float = 180) -> None:
+        port = self.ports["proxy"] = free_port()
+        command = proxy.command.format(sim_url=f"{self.sim_url}/openai/v1", port=port)
+        self._proxy_proc = self._spawn_proxy(command)
+        deadline = time.monotonic() + seconds
+        while (pid := listener_pid(port)) is None:
+            if self._proxy_proc.poll() is not None or time.monotonic() > deadline:
+                tail = (self.logdir / "proxy.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"proxy did not listen on {port}: {command}\n{tail}")
+            await asyncio.sleep(0.5)
+        self._proxy_pid = pid
+
+    def proxy_cpu(self) -> float:
+        """CPU seconds of the proxy's listening process."""
+        assert self._proxy_pid is not None
+        return cpu_seconds(self._proxy_pid)
 
     def _spawn(self, name: str, env: dict[str, str], module: str, *args: str) -> None:
         log = open(self.logdir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
@@ -195,6 +242,12 @@ class BenchStack:
         return out
 
     async def stop(self) -> dict[str, int | None]:
+        if self._proxy_proc is not None and self._proxy_proc.poll() is None:
+            os.killpg(self._proxy_proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.to_thread(self._proxy_proc.wait, 30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._proxy_proc.pid, signal.SIGKILL)
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

@@ -16,7 +16,13 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.timeout(240)
 def test_bench_smoke_runs_every_scenario_without_errors(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--label", "smoke", "--out", str(tmp_path)],
+        [
+            *(sys.executable, "-m", "bench", "--smoke", "--label", "smoke"),
+            *("--out", str(tmp_path)),
+            # The comparison arm, with a second simulator standing in for another proxy.
+            *("--proxy-cmd", f"exec {sys.executable} -m parley_sim --port {{port}}"),
+            *("--proxy-path", "/openai/v1"),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -34,6 +40,14 @@ def test_bench_smoke_runs_every_scenario_without_errors(tmp_path: Path) -> None:
             assert scenario[side]["ttft_ms"]["p50"] > 0
         # Every Parley process did measurable work and was measured.
         assert {"gateway", "worker", "history"} <= scenario["cpu_ms_per_turn"].keys()
+        # The same load went through the other proxy, except a continued conversation.
+        if name == "ttft_1c":
+            assert "proxy" not in scenario
+        else:
+            proxy = scenario["proxy"]
+            assert (proxy["errors"], proxy["turns"]) == (0, scenario["direct"]["turns"])
+            assert proxy["cpu_ms_per_turn"] > 0
+            assert f"| {name} | " in proc.stdout  # in the comparison table
     assert results["hold"]["open"] == results["hold"]["streams"]
     assert results["hold"]["heartbeats"] >= 2 * results["hold"]["streams"]
     assert results["relay"]["complete"] is True
