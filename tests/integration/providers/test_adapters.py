@@ -288,6 +288,7 @@ async def test_silent_stream_times_out_as_retryable(protocol: Protocol, build: B
 
 
 IN_STREAM_ERRORS = {
+    "openai-responses": "server_error",
     "anthropic": "overloaded_error",
     "gemini": "UNAVAILABLE",
     "ollama": "model runner has unexpectedly stopped",

@@ -380,9 +380,8 @@ async def responses(request: web.Request) -> web.StreamResponse:
         for t in body.get("tools") or []
         if isinstance(t, dict) and t.get("type") == "function"
     }
-    tool_name = toolcalls.next_tool(
-        parse_extras(text).tool, rounds, tools, body.get("tool_choice") != "none"
-    )
+    extras = parse_extras(text)
+    tool_name = toolcalls.next_tool(extras.tool, rounds, tools, body.get("tool_choice") != "none")
     model = body.get("model", "sim-model")
     rid = f"resp_{secrets.token_hex(8)}"
     msg_id = f"msg_{secrets.token_hex(8)}"
@@ -527,6 +526,15 @@ async def responses(request: web.Request) -> web.StreamResponse:
         for i, part in enumerate(words(reply)):
             if script.drop_after is not None and i >= script.drop_after:
                 _cut(request)
+                return resp
+            if extras.stream_error is not None and i >= 1:
+                # A response that fails once started: `response.failed`, its error's
+                # `code` as given (`server_error`, `rate_limit_exceeded`, ...).
+                failed = base_response("failed", output) | {
+                    "error": {"code": extras.stream_error, "message": "Simulated in-stream error"}
+                }
+                await send(resp, "response.failed", response=failed)
+                await resp.write_eof()
                 return resp
             await _delay(script)
             await send(

@@ -11,22 +11,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import Any
 
 import httpx2
 import openai
-from openai import AsyncStream, omit
-from openai.types.responses import (
-    ResponseCompletedEvent,
-    ResponseErrorEvent,
-    ResponseFailedEvent,
-    ResponseFunctionToolCall,
-    ResponseIncompleteEvent,
-    ResponseOutputItemDoneEvent,
-    ResponseReasoningSummaryTextDeltaEvent,
-    ResponseStreamEvent,
-    ResponseTextDeltaEvent,
-)
+import orjson
 from parley_common.providers import ProviderConfig
 from parley_common.schemas import ContextMessage, Usage
 
@@ -44,6 +33,11 @@ from parley_worker.providers.base import (
     parse_arguments,
 )
 from parley_worker.providers.openai_errors import map_openai_error, openai_client
+from parley_worker.providers.openai_sse import iter_sse_json
+
+# Failures inside a started stream that another attempt may not meet (the worker retries
+# only before the first token); anything else (an invalid prompt, a bad image) is final.
+_RETRYABLE_CODES = {"server_error", "rate_limit_exceeded"}
 
 
 def response_input(messages: list[ContextMessage]) -> list[dict[str, Any]]:
@@ -112,55 +106,59 @@ class OpenAIResponsesProvider:
         items = response_input(request.messages)
         for step in request.steps:
             items.extend(step_items(step))
+        body: dict[str, Any] = {
+            "model": self.model,
+            "instructions": request.system,
+            "input": items,
+            "stream": True,
+            "store": False,
+        }
+        if request.tools:
+            body["tools"] = response_tools(request.tools)
+            body["tool_choice"] = request.tool_choice
         try:
-            created = await self._client.responses.create(
-                model=self.model,
-                instructions=request.system,
-                input=items,  # type: ignore[arg-type]  # plain dicts, not the SDK's TypedDicts
-                tools=response_tools(request.tools) if request.tools else omit,  # type: ignore[arg-type]  # plain dicts, not the SDK's TypedDicts
-                tool_choice=request.tool_choice if request.tools else omit,
+            # As the Chat Completions adapter: the SDK's own `post` with the body as
+            # JSON bytes, and each event decoded once with orjson. The SDK's typed
+            # stream built a pydantic model per event, nearly all of this adapter's
+            # CPU per token (ADR 9).
+            response = await self._client.post(
+                "/responses",
+                cast_to=httpx2.Response,
+                content=orjson.dumps(body),
                 stream=True,
-                store=False,
             )
-            stream = cast("AsyncStream[ResponseStreamEvent]", created)
-            async with stream:
-                async for event in stream:
-                    match event:
-                        case ResponseTextDeltaEvent():
-                            yield TextDelta(event.delta)
-                        case ResponseReasoningSummaryTextDeltaEvent():
-                            yield ReasoningDelta(event.delta)
-                        case ResponseOutputItemDoneEvent(item=ResponseFunctionToolCall() as call):
+            try:
+                async for event in iter_sse_json(response):
+                    kind = event.get("type")
+                    if kind == "response.output_text.delta":
+                        yield TextDelta(str(event.get("delta") or ""))
+                    elif kind == "response.reasoning_summary_text.delta":
+                        yield ReasoningDelta(str(event.get("delta") or ""))
+                    elif kind == "response.output_item.done":
+                        item = event.get("item") or {}
+                        if item.get("type") == "function_call":
                             yield ToolCall(
-                                id=call.call_id,
-                                name=call.name,
-                                arguments=parse_arguments(call.arguments),
+                                id=str(item.get("call_id") or ""),
+                                name=str(item.get("name") or ""),
+                                arguments=parse_arguments(item.get("arguments") or ""),
                             )
-                        case ResponseCompletedEvent() | ResponseIncompleteEvent():
-                            resp = event.response
-                            usage = Usage()
-                            if resp.usage is not None:
-                                usage = Usage(
-                                    input_tokens=resp.usage.input_tokens,
-                                    output_tokens=resp.usage.output_tokens,
-                                )
-                            finish = Finish(model=resp.model or self.model, usage=usage)
-                        case ResponseFailedEvent():
-                            err = event.response.error
-                            raise ProviderError(
-                                f"{self.name} response failed: "
-                                f"{err.message if err else 'unknown error'}",
-                                code="provider_error",
-                                retryable=False,
-                            )
-                        case ResponseErrorEvent():
-                            raise ProviderError(
-                                f"{self.name} stream error: {event.message}",
-                                code="provider_error",
-                                retryable=False,
-                            )
-                        case _:
-                            pass
+                    elif kind in ("response.completed", "response.incomplete"):
+                        finish = _finish(event.get("response") or {}, self.model)
+                    elif kind == "response.failed":
+                        err = (event.get("response") or {}).get("error") or {}
+                        raise ProviderError(
+                            f"{self.name} response failed: {err.get('message') or 'unknown error'}",
+                            code="provider_error",
+                            retryable=err.get("code") in _RETRYABLE_CODES,
+                        )
+                    elif kind == "error":
+                        raise ProviderError(
+                            f"{self.name} stream error: {event.get('message')}",
+                            code="provider_error",
+                            retryable=event.get("code") in _RETRYABLE_CODES,
+                        )
+            finally:
+                await response.aclose()  # back to the pool, or closed if unread
         except ProviderError:
             raise
         except (openai.OpenAIError, httpx2.HTTPError) as exc:
@@ -172,3 +170,9 @@ class OpenAIResponsesProvider:
                 retryable=True,
             )
         yield finish
+
+
+def _finish(response: dict[str, Any], default_model: str) -> Finish:
+    used = response.get("usage") or {}
+    usage = Usage(input_tokens=used.get("input_tokens"), output_tokens=used.get("output_tokens"))
+    return Finish(model=response.get("model") or default_model, usage=usage)
