@@ -20,7 +20,12 @@ import openai
 import orjson
 
 
-async def iter_sse_json(response: httpx2.Response) -> AsyncIterator[dict[str, Any]]:
+async def iter_sse_json(
+    response: httpx2.Response, *, openai_errors: bool = True
+) -> AsyncIterator[dict[str, Any]]:
+    """Each `data:` object of the stream. `openai_errors`: an object with an `error` raises
+    the SDK's `APIError` (OpenAI's rule); without it, every object is yielded (the Claude
+    adapter reads Anthropic's `error` events itself)."""
     pending = b""
     data: list[bytes] = []
     finished = False
@@ -44,7 +49,7 @@ async def iter_sse_json(response: httpx2.Response) -> AsyncIterator[dict[str, An
             obj = orjson.loads(payload)
             if not isinstance(obj, dict):
                 continue
-            error = obj.get("error")
+            error = obj.get("error") if openai_errors else None
             if error:
                 message = error.get("message") if isinstance(error, dict) else None
                 raise openai.APIError(
