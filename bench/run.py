@@ -378,6 +378,22 @@ async def relay_scenario(
     }
 
 
+def speed_marker_ms(rounds: int = 5) -> float:
+    """CPU milliseconds of a fixed piece of Python work (the fastest of `rounds`): how
+    fast this machine runs at the moment, so that runs made hours apart (on a VM whose
+    speed changes) can be compared through it."""
+    event: dict[str, Any] = {"type": "assistant", "seq": 0, "data": {"delta": "word " * 8}}
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.process_time()
+        for i in range(20_000):
+            event["seq"] = i
+            orjson.loads(orjson.dumps(event))
+            "".join([str(j) for j in range(8)])
+        best = min(best, time.process_time() - start)
+    return round(best * 1000, 2)
+
+
 def machine() -> dict[str, Any]:
     model = ""
     with open("/proc/cpuinfo") as f:
@@ -481,6 +497,7 @@ async def main_async(args: argparse.Namespace) -> int:
     )
     sizes = SMOKE if args.smoke else Sizes(hold=(args.hold_streams, 15.0, 2))
     results: dict[str, Any] = {"machine": machine(), "label": args.label}
+    marker_before = speed_marker_ms()
     profile = Path(args.profile) if args.profile else None
     with provide_infra() as infra, tempfile.TemporaryDirectory(prefix="parley-bench-") as tmp:
         logdir = Path(tmp)
@@ -536,11 +553,17 @@ async def main_async(args: argparse.Namespace) -> int:
             n, deltas = sizes.relay
             results["relay"] = await relay_scenario(infra, logdir, n, deltas, args.batch)
             print("relay", json.dumps(results["relay"]), file=sys.stderr)
+    results["machine"]["speed_marker_ms"] = {"start": marker_before, "end": speed_marker_ms()}
     head = headline(results)
     met = verdicts(head)
     results["headline"] = head
     results["met"] = met
     print(table(head, met))
+    marker = results["machine"]["speed_marker_ms"]
+    print(
+        f"speed marker (CPU ms of a fixed piece of work): {marker['start']} at the start, "
+        f"{marker['end']} at the end"
+    )
     if beside := comparison(results):
         print(beside)
     out_dir = Path(args.out) if args.out else ROOT / "bench" / "results"

@@ -52,6 +52,8 @@ def test_bench_smoke_runs_every_scenario_without_errors(tmp_path: Path) -> None:
     assert results["hold"]["heartbeats"] >= 2 * results["hold"]["streams"]
     assert results["relay"]["complete"] is True
     assert set(results["headline"]) == set(results["met"])
+    marker = results["machine"]["speed_marker_ms"]
+    assert marker["start"] > 0 and marker["end"] > 0
     # The table a reader sees names every measure.
     for measure in results["headline"]:
         assert measure in proc.stdout
