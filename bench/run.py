@@ -132,9 +132,7 @@ async def turns_scenario(
         )
         proxied: dict[str, Any] | None = None
         if stack.proxy is not None and not continued:
-            proxied = await proxy_arm(
-                stack, stack.proxy, http, (concurrency, turns, ramp), text, tokens
-            )
+            proxied = await proxy_arm(stack, http, (concurrency, turns, ramp), text, tokens)
         profiler: contextlib.AbstractAsyncContextManager[object] = contextlib.nullcontext()
         if profile is not None:
             pids = {n: p.pid for n, p in stack.procs.items() if n != "sim"}
@@ -183,7 +181,6 @@ def overhead(measured: dict[str, Any], direct: dict[str, Any]) -> dict[str, floa
 
 async def proxy_arm(
     stack: BenchStack,
-    proxy: Proxy,
     http: aiohttp.ClientSession,
     load: tuple[int, int, float],
     text: str,
@@ -191,6 +188,8 @@ async def proxy_arm(
 ) -> dict[str, Any]:
     """The direct baseline's load through the other proxy (`--proxy-cmd`): its turns,
     TTFT and its own CPU per turn, for a comparison made in the same run."""
+    proxy = stack.proxy
+    assert proxy is not None
 
     def turn(i: int) -> Awaitable[Turn]:
         return direct_turn(http, stack.proxy_url, text, tokens, model=proxy.model, key=proxy.key)

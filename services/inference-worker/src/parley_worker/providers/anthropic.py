@@ -15,7 +15,6 @@ from typing import Any
 
 import anthropic
 import httpx2
-import orjson
 from anthropic import AsyncAnthropic
 from anthropic.types import ThinkingConfigParam, ToolChoiceParam, ToolParam
 from parley_common.providers import ProviderConfig
@@ -35,7 +34,7 @@ from parley_worker.providers.base import (
     http_error,
     parse_arguments,
 )
-from parley_worker.providers.openai_sse import iter_sse_json
+from parley_worker.providers.openai_sse import post_sse
 
 DEFAULT_MAX_TOKENS = 8192
 # Anthropic's own error types, for failures that come inside a 200 stream.
@@ -224,14 +223,8 @@ class AnthropicProvider:
             # with the body as JSON bytes; each event decoded once with orjson, as the
             # OpenAI adapters do. The SDK's typed stream built a model per event, a
             # third of this adapter's CPU per token (ADR 9).
-            response = await self._client.post(
-                "/v1/messages",
-                cast_to=httpx2.Response,
-                content=orjson.dumps(body),
-                stream=True,
-            )
-            try:
-                async for event in iter_sse_json(response, openai_errors=False):
+            async with post_sse(self._client, "/v1/messages", body, openai_errors=False) as events:
+                async for event in events:
                     kind = event.get("type")
                     if kind == "content_block_delta":
                         delta = event.get("delta") or {}
@@ -263,8 +256,6 @@ class AnthropicProvider:
                         finished = True
                     elif kind == "error":
                         raise _stream_error(self.name, event.get("error") or {})
-            finally:
-                await response.aclose()  # back to the pool, or closed if unread
         except ProviderError:
             raise
         except (anthropic.AnthropicError, httpx2.HTTPError) as exc:

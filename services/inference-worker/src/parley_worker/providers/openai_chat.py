@@ -16,7 +16,6 @@ from typing import Any
 
 import httpx2
 import openai
-import orjson
 from parley_common.providers import ProviderConfig
 from parley_common.schemas import ContextMessage, Usage
 
@@ -34,7 +33,7 @@ from parley_worker.providers.base import (
     parse_arguments,
 )
 from parley_worker.providers.openai_errors import map_openai_error, openai_client
-from parley_worker.providers.openai_sse import iter_sse_json
+from parley_worker.providers.openai_sse import post_sse
 
 
 def chat_messages(request: ProviderRequest) -> list[dict[str, Any]]:
@@ -132,14 +131,8 @@ class OpenAIChatProvider:
             # against its TypedDicts, encode the body with the standard library's
             # json and wrap the response, about 0.4 ms of the worker's CPU before the
             # request leaves, on the way to the first token (docs/benchmarks.md).
-            response = await self._client.post(
-                "/chat/completions",
-                cast_to=httpx2.Response,
-                content=orjson.dumps(body),
-                stream=True,
-            )
-            try:
-                async for chunk in iter_sse_json(response):
+            async with post_sse(self._client, "/chat/completions", body) as chunks:
+                async for chunk in chunks:
                     model = chunk.get("model") or model
                     used = chunk.get("usage")
                     if used:
@@ -166,8 +159,6 @@ class OpenAIChatProvider:
                                 pending.name = fn.get("name") or pending.name
                                 if fn.get("arguments"):
                                     pending.arguments.append(fn["arguments"])
-            finally:
-                await response.aclose()  # back to the pool, or closed if unread
         except ProviderError:
             raise
         except (openai.OpenAIError, httpx2.HTTPError) as exc:

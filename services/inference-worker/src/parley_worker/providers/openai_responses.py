@@ -15,7 +15,6 @@ from typing import Any
 
 import httpx2
 import openai
-import orjson
 from parley_common.providers import ProviderConfig
 from parley_common.schemas import ContextMessage, Usage
 
@@ -33,7 +32,7 @@ from parley_worker.providers.base import (
     parse_arguments,
 )
 from parley_worker.providers.openai_errors import map_openai_error, openai_client
-from parley_worker.providers.openai_sse import iter_sse_json
+from parley_worker.providers.openai_sse import post_sse
 
 # Failures inside a started stream that another attempt may not meet (the worker retries
 # only before the first token); anything else (an invalid prompt, a bad image) is final.
@@ -121,14 +120,8 @@ class OpenAIResponsesProvider:
             # JSON bytes, and each event decoded once with orjson. The SDK's typed
             # stream built a pydantic model per event, nearly all of this adapter's
             # CPU per token (ADR 9).
-            response = await self._client.post(
-                "/responses",
-                cast_to=httpx2.Response,
-                content=orjson.dumps(body),
-                stream=True,
-            )
-            try:
-                async for event in iter_sse_json(response):
+            async with post_sse(self._client, "/responses", body) as events:
+                async for event in events:
                     kind = event.get("type")
                     if kind == "response.output_text.delta":
                         yield TextDelta(str(event.get("delta") or ""))
@@ -157,8 +150,6 @@ class OpenAIResponsesProvider:
                             code="provider_error",
                             retryable=event.get("code") in _RETRYABLE_CODES,
                         )
-            finally:
-                await response.aclose()  # back to the pool, or closed if unread
         except ProviderError:
             raise
         except (openai.OpenAIError, httpx2.HTTPError) as exc:

@@ -2,7 +2,8 @@
 
 The request still goes through the `openai` SDK (its client's `post`: its auth,
 endpoint, headers, timeouts and status errors, returning the streamed HTTP response);
-only the per-chunk decoding is ours.
+only the per-chunk decoding is ours. `post_sse` does both for the Chat Completions,
+Responses and Claude adapters (the `anthropic` client has the same `post`).
 The SDK builds a typed object tree for every chunk, which was most of a worker's
 CPU per token (docs/benchmarks.md); a relay needs a handful of fields of a dict.
 Semantics follow the SDK's `AsyncStream`: `[DONE]` ends the data (the rest of the
@@ -12,12 +13,34 @@ carries an `error` object raises `openai.APIError`, as the SDK does.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anthropic
 import httpx2
 import openai
 import orjson
+
+
+@contextlib.asynccontextmanager
+async def post_sse(
+    client: openai.AsyncOpenAI | anthropic.AsyncAnthropic,
+    path: str,
+    body: dict[str, Any],
+    *,
+    openai_errors: bool = True,
+) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+    """POST `body` (as orjson bytes) through the SDK client's own `post` (its base URL,
+    key, headers, timeouts and status errors) and give the stream's `data:` objects;
+    the response goes back to the pool (or is closed, if unread) on the way out."""
+    response = await client.post(
+        path, cast_to=httpx2.Response, content=orjson.dumps(body), stream=True
+    )
+    try:
+        yield iter_sse_json(response, openai_errors=openai_errors)
+    finally:
+        await response.aclose()
 
 
 async def iter_sse_json(
